@@ -1,0 +1,29 @@
+"""vifit inference: fit any NumPyro model by variational inference, check it, hand it to ArviZ."""
+
+from ._jax_setup import setup as _setup
+
+_setup()
+
+from .arviz_export import to_arviz  # noqa: E402
+from .fit import fit  # noqa: E402
+from .guides import GUIDES, make_guide  # noqa: E402
+from .loop import ChunkInfo, LoopState  # noqa: E402
+from .objectives import OBJECTIVES, make_objective  # noqa: E402
+from .result import FitResult, Summary, Timings  # noqa: E402
+from .stopping import PlateauRule, StopReason  # noqa: E402
+
+__all__ = [
+    "fit",
+    "FitResult",
+    "Summary",
+    "Timings",
+    "PlateauRule",
+    "StopReason",
+    "GUIDES",
+    "make_guide",
+    "OBJECTIVES",
+    "make_objective",
+    "LoopState",
+    "ChunkInfo",
+    "to_arviz",
+]

@@ -1,0 +1,232 @@
+"""The result of a fit, as data: :class:`FitResult`, :class:`Timings` and :class:`Summary`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from .stopping import StopReason
+
+__all__ = ["FitResult", "Timings", "Summary"]
+
+
+class Timings(NamedTuple):
+    """Wall-clock seconds of the phases of a fit.
+
+    Attributes
+    ----------
+    init_s : float
+        Guide set-up and initial parameters (compiled).
+    compile_s : float
+        Compiling the optimization chunk.
+    run_s : float
+        Running the optimization.
+    total_s : float
+        The whole ``fit`` call.
+    """
+
+    init_s: float
+    compile_s: float
+    run_s: float
+    total_s: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Posterior table and fit status, printable.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per scalar parameter: ``mean``, ``sd``, ``hdi_3%``, ``hdi_97%`` (the 94% HDI).
+    guide, objective : str
+    stop_reason : str
+    num_steps : int
+    elbo : float
+        ELBO of the best restart, averaged over the last window of steps.
+    notes : tuple of str
+        Sentences about the fit a reader should see (skipped steps, failures).
+    """
+
+    table: Any
+    guide: str
+    objective: str
+    stop_reason: str
+    num_steps: int
+    elbo: float
+    notes: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        head = (
+            f"guide: {self.guide} | objective: {self.objective} | stopped: {self.stop_reason} after "
+            f"{self.num_steps} steps | ELBO {self.elbo:.3f}"
+        )
+        lines = [head, "", self.table.to_string(float_format=lambda v: f"{v:.4g}")]
+        lines += [""] + [f"note: {n}" for n in self.notes] if self.notes else []
+        return "\n".join(lines)
+
+    def to_csv(self, path) -> None:
+        """Write the table as CSV (one row per parameter)."""
+        self.table.to_csv(path, index_label="parameter")
+
+
+@dataclass(frozen=True, eq=False)
+class FitResult:
+    """Everything a fit produced. Arrays are NumPy; shapes are documented per field.
+
+    Attributes
+    ----------
+    model, guide : callable
+        The NumPyro model and the fitted guide.
+    guide_name, objective_name : str
+    model_args : tuple
+    model_kwargs : dict
+    params : dict of str to ndarray
+        Constrained guide parameters of the best restart, averaged over the last window of steps
+        (iterate averaging).
+    restart_params : dict of str to ndarray
+        The same for every restart, each with leading axis ``R``.
+    losses : ndarray, shape (R, num_steps)
+        Loss (negative ELBO) per restart and step; NaN where a step was skipped.
+    best_restart : int
+        Index of the restart with the highest final ELBO.
+    stop_reason : StopReason
+    num_steps : int
+    nonfinite_steps : ndarray, shape (R,)
+        Steps skipped because the loss or gradient was not finite.
+    nonfinite_reason : str or None
+        A sentence naming the site or parameter of the most recent non-finite step.
+    timings : Timings
+    seed : int
+    settings : dict
+        The settings of the fit (plain data, for ``fit.json``).
+    """
+
+    model: Any
+    guide: Any
+    guide_name: str
+    objective_name: str
+    model_args: tuple
+    model_kwargs: dict
+    params: dict
+    restart_params: dict
+    losses: np.ndarray
+    best_restart: int
+    stop_reason: StopReason
+    num_steps: int
+    nonfinite_steps: np.ndarray
+    nonfinite_reason: str | None
+    timings: Timings
+    seed: int
+    settings: dict
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def num_restarts(self) -> int:
+        """Number of restarts ``R``."""
+        return self.losses.shape[0]
+
+    @property
+    def elbo(self) -> float:
+        """ELBO of the best restart averaged over its last 10% of steps (at least 50)."""
+        trace = self.losses[self.best_restart]
+        tail = trace[-max(50, trace.size // 10) :]
+        tail = tail[np.isfinite(tail)]
+        return float(-tail.mean()) if tail.size else float("nan")
+
+    @property
+    def latent_sites(self) -> tuple[str, ...]:
+        """Names of the model's latent sample sites, in model order."""
+        if "latent_sites" not in self._cache:
+            trace = getattr(self.guide, "prototype_trace", None)
+            if trace is not None:
+                names = tuple(
+                    n for n, s in trace.items() if s["type"] == "sample" and not s["is_observed"]
+                )
+            else:
+                names = tuple(self.sample(2, seed=0))
+            self._cache["latent_sites"] = names
+        return self._cache["latent_sites"]
+
+    def sample(self, num_samples: int = 1000, *, seed: int | None = None, restart: int | None = None) -> dict:
+        """Draw from the fitted guide.
+
+        Parameters
+        ----------
+        num_samples : int
+            Number of draws ``n``.
+        seed : int, optional
+            Random seed; defaults to the fit's seed plus one.
+        restart : int, optional
+            Which restart to draw from; the best one by default.
+
+        Returns
+        -------
+        dict of str to ndarray
+            Each latent site with shape ``(n, *site_shape)``, in constrained space.
+        """
+        from .sampling import sample_guide
+
+        r = self.best_restart if restart is None else int(restart)
+        params = jax.tree.map(lambda v: v[r], self.restart_params)
+        key = jax.random.PRNGKey(self.seed + 1 if seed is None else seed)
+        return sample_guide(self.guide, params, key, int(num_samples), self.model_args, self.model_kwargs)
+
+    def sample_restarts(self, num_samples: int = 1000, *, seed: int | None = None) -> dict:
+        """Draw ``num_samples`` from every restart: each site with shape ``(R, n, *site_shape)``."""
+        draws = [self.sample(num_samples, seed=seed, restart=r) for r in range(self.num_restarts)]
+        return {name: np.stack([d[name] for d in draws]) for name in draws[0]}
+
+    def to_arviz(self, num_samples: int = 1000, *, seed: int | None = None):
+        """The posterior as :class:`arviz.InferenceData` (see :func:`inference.to_arviz`)."""
+        from .arviz_export import to_arviz
+
+        return to_arviz(self, num_samples=num_samples, seed=seed)
+
+    def summary(self, num_samples: int = 2000, *, seed: int | None = None) -> Summary:
+        """Posterior mean, sd and 94% HDI of every parameter, with the fit's status.
+
+        The table is :func:`arviz.summary` of draws from the guide (``kind="stats"``,
+        ``hdi_prob=0.94``).
+        """
+        from .arviz_export import import_arviz
+
+        az = import_arviz()
+
+        key = ("summary", num_samples, seed)
+        if key not in self._cache:
+            idata = self.to_arviz(num_samples=num_samples, seed=seed)
+            table = az.summary(idata, kind="stats", hdi_prob=0.94, var_names=list(self.latent_sites))
+            self._cache[key] = Summary(
+                table=table,
+                guide=self.guide_name,
+                objective=self.objective_name,
+                stop_reason=str(self.stop_reason),
+                num_steps=self.num_steps,
+                elbo=self.elbo,
+                notes=tuple(self.notes()),
+            )
+        return self._cache[key]
+
+    def notes(self) -> list[str]:
+        """Plain sentences about what a reader of the result should know."""
+        notes = []
+        if self.stop_reason == StopReason.MAX_STEPS:
+            notes.append(
+                f"the fit reached max_steps={self.num_steps} before the ELBO levelled off; the posterior "
+                "may not be converged: raise max_steps or the learning rate"
+            )
+        if self.stop_reason == StopReason.INTERRUPTED:
+            notes.append(f"the fit was interrupted after {self.num_steps} steps; results are from that point")
+        total_bad = int(self.nonfinite_steps.sum())
+        if total_bad:
+            notes.append(
+                f"{total_bad} of {self.num_steps * self.num_restarts} steps were skipped for a non-finite "
+                f"loss or gradient: {self.nonfinite_reason}"
+            )
+        if self.stop_reason == StopReason.NONFINITE:
+            notes.append("the fit stopped because too many steps were non-finite; do not use this posterior")
+        return notes

@@ -1,0 +1,7 @@
+"""NumPyro model builders: reaction kinetics and more."""
+
+import jax as _jax
+
+# Kinetics is solved in double precision; single precision loses rate constants in
+# the rounding of stiff or slow reactions.
+_jax.config.update("jax_enable_x64", True)

@@ -1,0 +1,459 @@
+"""A NumPyro model from a mechanism and a data set.
+
+The generative model, for experiment ``e``, observed species ``s`` and time ``t_i``::
+
+    k_j      ~ prior_j                         (rate constants, positive)
+    y0_e     = known, or ~ prior               (initial concentrations)
+    y_e(t)   = solution of dy/dt = f(t, y, k),  y(0) = y0_e
+    obs[e,i,s] ~ Noise(y_e(t_i)[s], sigma)
+
+Noise models (``noise=``):
+
+``"normal"`` (additive)
+    ``obs ~ Normal(y, sigma)``.
+``"lognormal"`` (multiplicative)
+    ``obs ~ LogNormal(log y, sigma)``; measurements must be positive.
+``"proportional"``
+    ``obs ~ Normal(y, sigma |y| + floor)`` with ``floor = 0.01 c_max``, so that a zero prediction
+    (a product at t = 0) does not claim an exact measurement.
+
+Default priors are weakly informative and scaled to the data by the units of each parameter:
+with ``c`` the largest observed concentration and ``T`` the last time, a parameter with units
+``concentration^a time^b`` gets ``LogNormal(log(c^a T^b), 2)``: its prior median is the value
+that makes the reaction run on the time scale of the experiment, and 95% of its mass lies
+within a factor of 50 of it. The noise scale gets ``HalfNormal(0.5 c)`` (additive) or
+``HalfNormal(0.5)`` (relative noise models); an inferred initial concentration gets
+``LogNormal(log c, 1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+from .dataset import Dataset
+from .mechanism import Mechanism
+from .ode import SolverOptions, make_solver
+from .priors import as_prior, describe_prior, parse_prior
+
+__all__ = ["NOISE_MODELS", "KineticsModel", "Trajectories", "default_priors", "model"]
+
+NOISE_MODELS = ("normal", "lognormal", "proportional")
+
+NOISE_SITE = "sigma"
+OBS_SITE = "obs"
+FAILED_SITE = "ode_solve_failed"
+
+_OBSERVED = object()  # sentinel: condition on the data set's values
+
+
+class Trajectories(NamedTuple):
+    """Solutions of the ODE on a time grid, for plotting posterior bands.
+
+    Attributes
+    ----------
+    times : ndarray, shape (E, T)
+        Time grid of each experiment, from 0 to its last measured time.
+    ys : ndarray, shape (n_draws, E, T, n_species)
+        Concentrations of every species of the mechanism, one trajectory per draw.
+    species : tuple of str
+        Names of the last axis of ``ys``.
+    experiments : tuple of str
+        Labels of the experiments.
+    failed : ndarray, shape (n_draws, E)
+        Whether the solve failed (``ys`` is zero there).
+    observed : ndarray, shape (n_draws, E, T, n_observed)
+        Noise-free curves of the observed species (the data set's species order).
+    predictive : ndarray, shape (n_draws, E, T, n_observed), or None
+        New measurements drawn from the noise model around ``observed`` (posterior
+        predictive), when the draws include the noise scale.
+    """
+
+    times: np.ndarray
+    ys: np.ndarray
+    species: tuple[str, ...]
+    experiments: tuple[str, ...]
+    failed: np.ndarray
+    observed: np.ndarray
+    predictive: np.ndarray | None
+
+
+def _initial_site(species: str) -> str:
+    return f"{species}0"
+
+
+@dataclass(frozen=True, eq=False)
+class KineticsModel:
+    """A NumPyro model of a reaction mechanism observed with noise.
+
+    Call it with no arguments to condition on the data set (what :func:`inference.fit` does),
+    or with ``values=None`` to simulate new measurements. Build it with :func:`model`.
+
+    Attributes
+    ----------
+    mechanism : Mechanism
+    dataset : Dataset
+    priors : Mapping[str, numpyro.distributions.Distribution]
+        Prior of every latent site: rate constants by name, ``"sigma"``, and ``"<species>0"``
+        for each inferred initial concentration.
+    noise : str
+        One of :data:`NOISE_MODELS`.
+    known_initial : ndarray, shape (E, n_species)
+        Known initial concentrations; NaN where the initial concentration is inferred.
+    inferred_initial : tuple of str
+        Species whose initial concentration is a latent site.
+    solver : SolverOptions
+    gradient : str
+        The gradient method in use (``"expm"``, ``"forward"`` or ``"reverse"``).
+    """
+
+    mechanism: Mechanism
+    dataset: Dataset
+    priors: Mapping[str, Any]
+    noise: str
+    known_initial: np.ndarray
+    inferred_initial: tuple[str, ...]
+    solver: SolverOptions
+    gradient: str
+    _solve_one: Any = field(repr=False)
+    _observed_index: np.ndarray = field(repr=False)
+
+    @property
+    def rate_constants(self) -> tuple[str, ...]:
+        """Names of the rate constants, in mechanism order."""
+        return self.mechanism.parameters
+
+    @property
+    def coords(self) -> dict[str, tuple]:
+        """Labels of the model's plate dimensions (``experiment``, ``time``, ``species``)."""
+        return {
+            "experiment": self.dataset.experiments,
+            "time": tuple(range(self.dataset.times.shape[1])),
+            "species": self.dataset.species,
+        }
+
+    @property
+    def latent_sites(self) -> tuple[str, ...]:
+        """Names of every latent sample site."""
+        return tuple(self.priors)
+
+    # -- the NumPyro model -------------------------------------------------------------------
+    def __call__(self, values=_OBSERVED):
+        """Run the model; ``values=None`` simulates measurements instead of conditioning."""
+        data = self.dataset
+        E = data.n_experiments
+        k = jnp.stack([numpyro.sample(name, self.priors[name]) for name in self.rate_constants])
+        sampled = {}
+        for sp in self.inferred_initial:
+            site = _initial_site(sp)
+            if E > 1:
+                with numpyro.plate("experiment", E, dim=-1):
+                    sampled[sp] = numpyro.sample(site, self.priors[site])
+            else:
+                sampled[sp] = jnp.broadcast_to(numpyro.sample(site, self.priors[site]), (1,))
+        y0 = self._initial_matrix(sampled)
+        ys, failed = jax.vmap(self._solve_one, in_axes=(0, 0, None))(y0, jnp.asarray(data.times), k)
+        # A failed solve is an impossible draw, never an exception inside the fit.
+        numpyro.factor(FAILED_SITE, jnp.where(jnp.any(failed), -jnp.inf, 0.0))
+        mu = ys[..., self._observed_index]
+        sigma = numpyro.sample(NOISE_SITE, self.priors[NOISE_SITE])
+        noise_dist = self._noise_distribution(mu, sigma)
+        mask = jnp.asarray(data.mask)
+        if values is _OBSERVED:
+            obs = jnp.where(mask, jnp.nan_to_num(jnp.asarray(data.values), nan=1.0), 1.0)
+        elif values is None:
+            obs = None
+        else:
+            obs = jnp.asarray(values, dtype=float)
+        with (
+            numpyro.plate("experiment", E, dim=-3),
+            numpyro.plate("time", data.times.shape[1], dim=-2),
+            numpyro.plate("species", data.n_species, dim=-1),
+        ):
+            numpyro.sample(OBS_SITE, noise_dist.mask(mask), obs=obs)
+
+    def _initial_matrix(self, sampled: Mapping[str, Any]):
+        y0 = jnp.asarray(np.nan_to_num(self.known_initial, nan=0.0))
+        for sp, value in sampled.items():
+            j = self.mechanism.species.index(sp)
+            y0 = y0.at[:, j].set(value)
+        return y0
+
+    def _noise_distribution(self, mu, sigma):
+        if self.noise == "normal":
+            return dist.Normal(mu, sigma)
+        if self.noise == "lognormal":
+            return dist.LogNormal(jnp.log(jnp.maximum(mu, 1e-300)), sigma)
+        floor = 0.01 * _concentration_scale(self.dataset)
+        return dist.Normal(mu, sigma * jnp.abs(mu) + floor)
+
+    # -- simulation for plots and checks -----------------------------------------------------
+    def simulate(self, samples: Mapping[str, Any], *, n_points: int = 120, seed: int = 0) -> Trajectories:
+        """Solve the ODE for each posterior (or prior) draw on a fine time grid.
+
+        Parameters
+        ----------
+        samples : mapping of str to array, each with leading dimension ``n_draws``
+            Draws of the rate constants and inferred initial concentrations, as returned by
+            ``FitResult.sample``.
+        n_points : int
+            Number of grid points per experiment, from 0 to its last measured time.
+        seed : int
+            Seed of the measurement noise of the predictive draws.
+
+        Returns
+        -------
+        Trajectories
+        """
+        data = self.dataset
+        E = data.n_experiments
+        t_end = np.array([data.times[e, data.n_times[e] - 1] for e in range(E)])
+        grid = np.linspace(0.0, 1.0, n_points)[None, :] * t_end[:, None]
+        k = jnp.stack([jnp.asarray(samples[name], dtype=float) for name in self.rate_constants], -1)
+        n = k.shape[0]
+        inferred = {
+            sp: jnp.broadcast_to(
+                jnp.reshape(jnp.asarray(samples[_initial_site(sp)], dtype=float), (n, -1)), (n, E)
+            )
+            for sp in self.inferred_initial
+        }
+
+        @jax.jit
+        def run(k, inferred):
+            def one(k_i, inferred_i):
+                y0 = self._initial_matrix(inferred_i)
+                return jax.vmap(self._solve_one, in_axes=(0, 0, None))(y0, jnp.asarray(grid), k_i)
+
+            return jax.vmap(one)(k, inferred)
+
+        ys, failed = run(k, inferred)
+        observed = ys[..., self._observed_index]
+        predictive = None
+        if NOISE_SITE in samples:
+            sigma = jnp.reshape(jnp.asarray(samples[NOISE_SITE], dtype=float), (n, 1, 1, 1))
+            noisy = self._noise_distribution(observed, sigma).sample(jax.random.PRNGKey(seed))
+            predictive = np.where(np.asarray(failed)[..., None, None], np.nan, np.asarray(noisy))
+        return Trajectories(
+            grid,
+            np.asarray(ys),
+            self.mechanism.species,
+            data.experiments,
+            np.asarray(failed),
+            np.asarray(observed),
+            predictive,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The model's settings as plain data (for reports and ``fit.json``)."""
+        initial = {}
+        for j, sp in enumerate(self.mechanism.species):
+            if sp in self.inferred_initial:
+                initial[sp] = "inferred: " + describe_prior(self.priors[_initial_site(sp)])
+            else:
+                col = self.known_initial[:, j]
+                initial[sp] = float(col[0]) if np.all(col == col[0]) else [float(v) for v in col]
+        return {
+            "mechanism": str(self.mechanism),
+            "species": list(self.mechanism.species),
+            "observed_species": list(self.dataset.species),
+            "rate_constants": list(self.rate_constants),
+            "priors": {name: describe_prior(p) for name, p in self.priors.items()},
+            "noise": self.noise,
+            "initial": initial,
+            "solver": {
+                "solver": self.solver.solver if isinstance(self.solver.solver, str) else repr(self.solver.solver),
+                "stiff": self.solver.stiff,
+                "rtol": self.solver.rtol,
+                "atol": self.solver.atol,
+                "max_steps": self.solver.max_steps,
+                "gradient": self.gradient,
+            },
+            "data": self.dataset.describe(),
+        }
+
+
+def _concentration_scale(data: Dataset) -> float:
+    c = float(data.c_max) if data.n_observations else 1.0
+    return c if c > 0 and math.isfinite(c) else 1.0
+
+
+def _time_scale(data: Dataset) -> float:
+    t = float(data.t_max)
+    return t if t > 0 and math.isfinite(t) else 1.0
+
+
+def default_priors(mechanism: Mechanism, dataset: Dataset, noise: str) -> dict[str, Any]:
+    """The documented default priors, scaled to the data (see the module docstring)."""
+    c, T = _concentration_scale(dataset), _time_scale(dataset)
+    priors = {}
+    for name, (a, b) in mechanism.parameter_units().items():
+        priors[name] = dist.LogNormal(math.log(c**a * T**b), 2.0)
+    priors[NOISE_SITE] = dist.HalfNormal(0.5 * c if noise == "normal" else 0.5)
+    return priors
+
+
+def _resolve_initial(mechanism: Mechanism, dataset: Dataset, initial) -> tuple[np.ndarray, dict]:
+    """Split ``initial`` into known values (E, S) and priors of inferred initial sites."""
+    E, species = dataset.n_experiments, mechanism.species
+    initial = dict(initial or {})
+    unknown = sorted(set(initial) - set(species))
+    if unknown:
+        raise ValueError(
+            f"initial concentrations given for {', '.join(map(repr, unknown))}, which the mechanism "
+            f"does not have (species: {', '.join(species)}); check the spelling"
+        )
+    known = np.zeros((E, len(species)))
+    inferred: dict[str, Any] = {}
+    for j, sp in enumerate(species):
+        if sp in initial:
+            spec = initial[sp]
+        elif sp in dataset.initial:
+            spec = dataset.initial[sp]
+        elif sp in dataset.species:
+            raise ValueError(
+                f"the initial concentration of the observed species {sp!r} is not given; pass "
+                f"initial={{{sp!r}: 1.0}} if it is known, or initial={{{sp!r}: 'LogNormal(0, 1)'}} "
+                "to infer it"
+            )
+        else:
+            spec = 0.0  # a species that is neither observed nor given starts at zero
+        if isinstance(spec, str) and spec.strip().lower() == "infer":
+            inferred[_initial_site(sp)] = dist.LogNormal(math.log(_concentration_scale(dataset)), 1.0)
+            known[:, j] = np.nan
+            continue
+        if isinstance(spec, str):
+            try:
+                spec = float(spec)
+            except ValueError:
+                inferred[_initial_site(sp)] = as_prior(spec, name=_initial_site(sp))
+                known[:, j] = np.nan
+                continue
+        if isinstance(spec, dist.Distribution):
+            inferred[_initial_site(sp)] = spec
+            known[:, j] = np.nan
+            continue
+        arr = np.asarray(spec, dtype=float)
+        if arr.ndim == 0:
+            arr = np.full(E, float(arr))
+        if arr.shape != (E,):
+            raise ValueError(
+                f"initial concentration of {sp!r} has shape {arr.shape}; give one number, or one per "
+                f"experiment ({E} values)"
+            )
+        if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+            raise ValueError(f"initial concentration of {sp!r} must be finite and non-negative, got {arr}")
+        known[:, j] = arr
+    return known, inferred
+
+
+def model(
+    mechanism: Mechanism | str,
+    dataset: Dataset | str | Path,
+    *,
+    priors: Mapping[str, Any] | None = None,
+    noise: str = "normal",
+    initial: Mapping[str, Any] | None = None,
+    solver: SolverOptions | Mapping[str, Any] | str | None = None,
+) -> KineticsModel:
+    """Build a NumPyro model of ``mechanism`` observed in ``dataset``.
+
+    Parameters
+    ----------
+    mechanism : Mechanism or str
+        A parsed mechanism, mechanism text (``"A -> B : k"``) or a built-in name.
+    dataset : Dataset, str or Path
+        The measurements, or the path of a CSV file.
+    priors : mapping, optional
+        Priors by site name (rate constants, ``"sigma"``, ``"<species>0"``), as NumPyro
+        distributions or text such as ``"LogNormal(log(0.5), 1)"``. Sites not named get the
+        documented defaults (module docstring).
+    noise : {"normal", "lognormal", "proportional"}
+        Measurement noise model.
+    initial : mapping, optional
+        Initial concentration per species: a number (known, every experiment), a sequence of
+        one number per experiment, a prior (text or distribution) to infer it, or ``"infer"``
+        for the default prior ``LogNormal(log c, 1)``. Species
+        that are neither observed nor named start at 0; an observed species must be given here
+        or in ``dataset.initial``.
+    solver : SolverOptions, mapping, or str, optional
+        ODE options; a string is a solver name (``"kvaerno5"`` for stiff systems).
+
+    Returns
+    -------
+    KineticsModel
+        A callable NumPyro model: ``fit(model)`` conditions on the data.
+
+    Examples
+    --------
+    >>> from vi_models import kinetics
+    >>> data = kinetics.Dataset.from_arrays([0.0, 1.0, 2.0], {"A": [1.0, 0.61, 0.37]})
+    >>> m = kinetics.model("A -> B : k", data, initial={"A": 1.0})
+    >>> m.latent_sites
+    ('k', 'sigma')
+    """
+    mech = mechanism if isinstance(mechanism, Mechanism) else Mechanism.from_text_or_name(mechanism)
+    data = dataset if isinstance(dataset, Dataset) else Dataset.from_csv(dataset)
+    data.check_species(mech.species)
+    if noise not in NOISE_MODELS:
+        raise ValueError(f"unknown noise model {noise!r}; use one of {', '.join(NOISE_MODELS)}")
+    if NOISE_SITE in mech.parameters:
+        raise ValueError(
+            f"the rate constant name {NOISE_SITE!r} is reserved for the noise scale; rename it in the mechanism"
+        )
+    if noise == "lognormal" and np.any(data.values[data.mask] <= 0):
+        raise ValueError(
+            "noise='lognormal' needs positive measurements, and this data set has zero or negative "
+            "values; use noise='normal' or 'proportional'"
+        )
+    clashes = [sp for sp in mech.species if _initial_site(sp) in mech.parameters]
+    if clashes:
+        raise ValueError(
+            f"rate constant {_initial_site(clashes[0])!r} has the name of the initial concentration "
+            f"of {clashes[0]!r}; rename the rate constant"
+        )
+    if isinstance(solver, str):
+        options = SolverOptions(solver=solver)
+    elif isinstance(solver, Mapping):
+        options = SolverOptions(**solver)
+    else:
+        options = solver or SolverOptions()
+    known, inferred = _resolve_initial(mech, data, initial)
+    resolved = default_priors(mech, data, noise)
+    c = _concentration_scale(data)
+    for site in inferred:
+        resolved[site] = inferred[site]
+    for site, spec in (priors or {}).items():
+        if site not in resolved:
+            raise ValueError(
+                f"prior given for {site!r}, which is not a parameter of this model; the parameters "
+                f"are {', '.join(resolved)}"
+            )
+        resolved[site] = as_prior(spec, name=site)
+    for site, p in resolved.items():
+        if not isinstance(p, dist.Distribution):  # pragma: no cover - as_prior guarantees it
+            resolved[site] = parse_prior(str(p))
+    order = list(mech.parameters) + sorted(inferred) + [NOISE_SITE]
+    resolved = {site: resolved[site] for site in order}
+    observed_index = np.array([mech.species.index(sp) for sp in data.species], dtype=int)
+    solve_one = make_solver(mech, options, atol=1e-8 * c)
+    return KineticsModel(
+        mechanism=mech,
+        dataset=data,
+        priors=resolved,
+        noise=noise,
+        known_initial=known,
+        inferred_initial=tuple(site[:-1] for site in sorted(inferred)),
+        solver=options,
+        gradient=options.gradient_method(mech),
+        _solve_one=solve_one,
+        _observed_index=observed_index,
+    )

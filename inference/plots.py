@@ -104,17 +104,21 @@ def plot_fit_band(
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
     lo_q, hi_q = 50 * (1 - prob), 50 * (1 + prob)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    band = f"{int(round(prob * 100))}%"
     for e in range(E):
         ax = axes[e // ncols][e % ncols]
         for s in range(S):
             c = colors[s % len(colors)]
             t = times[e]
+            first = s == 0
             if predictive is not None:
                 plo, phi = np.nanpercentile(predictive[:, e, :, s], [lo_q, hi_q], axis=0)
-                ax.fill_between(t, plo, phi, color=c, alpha=0.12, lw=0)
+                ax.fill_between(
+                    t, plo, phi, color=c, alpha=0.12, lw=0, label=f"{band} new measurements" if first else None
+                )
             lo, mid, hi = np.nanpercentile(curves[:, e, :, s], [lo_q, 50, hi_q], axis=0)
-            ax.fill_between(t, lo, hi, color=c, alpha=0.3, lw=0)
-            ax.plot(t, mid, color=c, lw=1.5, label=f"{species[s]}")
+            ax.fill_between(t, lo, hi, color=c, alpha=0.3, lw=0, label=f"{band} curve" if first else None)
+            ax.plot(t, mid, color=c, lw=1.5, label=f"{species[s]}: median curve, data")
             values = data_values[e, :, s]
             keep = np.isfinite(values) if data_mask is None else data_mask[e, :, s]
             ax.plot(data_times[e][keep], values[keep], "o", color=c, ms=4, mec="k", mew=0.5)
@@ -125,10 +129,5 @@ def plot_fit_band(
         ax.legend(fontsize="small")
     for j in range(E, nrows * ncols):
         axes[j // ncols][j % ncols].set_visible(False)
-    band = f"{int(round(prob * 100))}%"
-    note = f"points: data; line: posterior median; bands: {band} of the curve"
-    if predictive is not None:
-        note += f" (dark) and of new measurements (light)"
-    fig.suptitle(note, fontsize="small")
     fig.tight_layout()
     return fig

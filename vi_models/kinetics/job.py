@@ -6,6 +6,8 @@ name ``kinetics``). A configuration is a mapping, usually read from TOML::
     data = "decay.csv"                 # path, relative to the config file
     mechanism = "A -> B : k"           # text or a built-in name (vifit mechanisms)
     noise = "normal"                   # normal | lognormal | proportional
+    time_unit = "min"                  # optional, for plot labels
+    concentration_unit = "mM"
 
     [initial]                          # known numbers, or a prior / "infer" to infer
     A = 1.0
@@ -36,7 +38,7 @@ from .model import KineticsModel, Trajectories, model
 
 __all__ = ["ConfigError", "KineticsJob", "DEMO_CONFIG"]
 
-TOP_KEYS = ("data", "mechanism", "noise", "initial", "priors", "solver", "fit", "title")
+TOP_KEYS = ("data", "mechanism", "noise", "initial", "priors", "solver", "fit", "title", "time_unit", "concentration_unit")
 SOLVER_KEYS = ("solver", "stiff", "rtol", "atol", "max_steps", "gradient")
 FIT_KEYS = (
     "guide",
@@ -55,6 +57,8 @@ FIT_KEYS = (
 DEMO_CONFIG: dict[str, Any] = {
     "title": "Biochemical oxygen demand (Marske 1967)",
     "data": str(bundled_path("bod.csv")),
+    "time_unit": "days",
+    "concentration_unit": "mg/l",
     # Remaining demand L is consumed into the measured demand Y: dY/dt = k (L0 - Y), so that
     # Y(t) = L0 (1 - exp(-k t)), the classical BOD model; L0 is the ultimate demand.
     "mechanism": "L -> Y : k",
@@ -124,7 +128,11 @@ class KineticsJob:
         mechanism = config["mechanism"]
         if not isinstance(mechanism, str):
             raise ConfigError(f"mechanism must be text such as \"A -> B : k\", got {mechanism!r}")
-        dataset = Dataset.from_csv(data_path)
+        dataset = Dataset.from_csv(
+            data_path,
+            time_unit=config.get("time_unit"),
+            concentration_unit=config.get("concentration_unit"),
+        )
         built = model(
             Mechanism.from_text_or_name(mechanism),
             dataset,

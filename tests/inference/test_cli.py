@@ -1,0 +1,148 @@
+"""The vifit command line: the demo, fits from CSV and TOML, and user errors as sentences."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference import cli
+from vi_models import kinetics
+
+
+def bod_nonlinear_least_squares():
+    """k and its standard error for y = A (1 - exp(-k t)) by Gauss-Newton (the classical fit)."""
+    data = kinetics.Dataset.from_csv(kinetics.bundled_path("bod.csv"))
+    t, y = data.times[0], data.values[0, :, 0]
+    theta = np.array([20.0, 0.5])
+    for _ in range(100):
+        A, k = theta
+        r = y - A * (1 - np.exp(-k * t))
+        J = np.stack([1 - np.exp(-k * t), A * t * np.exp(-k * t)], axis=1)
+        theta = theta + np.linalg.lstsq(J, r, rcond=None)[0]
+    A, k = theta
+    r = y - A * (1 - np.exp(-k * t))
+    J = np.stack([1 - np.exp(-k * t), A * t * np.exp(-k * t)], axis=1)
+    s2 = r @ r / (len(y) - 2)
+    cov = s2 * np.linalg.inv(J.T @ J)
+    return k, np.sqrt(cov[1, 1])
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "vifit-demo"
+    code = cli.main(["demo", "--out", str(out), "--no-progress", "--samples", "500"])
+    return code, out
+
+
+def test_demo_writes_every_output(demo_run):
+    code, out = demo_run
+    assert code == 0
+    for name in ("summary.csv", "posterior.nc", "fit.json", "plots/fit.png", "plots/elbo.png"):
+        assert (out / name).is_file(), name
+    record = json.loads((out / "fit.json").read_text())
+    assert record["stop_reason"] == "converged"
+    assert record["seed"] == 0
+    assert set(record["timings"]) >= {"init_s", "compile_s", "run_s", "total_s"}
+    assert record["versions"]["numpyro"]
+    assert record["job"]["model"]["mechanism"] == "L -> Y : k"
+    assert record["diagnostics"]["ode_failed_draws"] == 0
+
+
+def test_demo_k_agrees_with_nonlinear_least_squares(demo_run):
+    import arviz as az
+
+    _, out = demo_run
+    k_nls, se = bod_nonlinear_least_squares()
+    assert k_nls == pytest.approx(0.5305, abs=2e-3)  # the published estimate, exp(-0.6335)
+    idata = az.from_netcdf(str(out / "posterior.nc"))
+    k = float(idata.posterior["k"].mean())
+    assert abs(k - k_nls) < 2 * se
+
+
+def test_demo_replaces_only_its_own_results(demo_run, tmp_path):
+    code, out = demo_run
+    assert (out / "fit.json").exists()
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep me")
+    assert cli.main(["demo", "--out", str(foreign), "--no-progress"]) == 2
+    assert (foreign / "mine.txt").read_text() == "keep me"
+
+
+def test_fit_from_csv_and_from_toml(tmp_path, bench_data):
+    out = tmp_path / "csv"
+    args = ["fit", str(bench_data / "a_decay.csv"), "--mechanism", "A -> B : k", "--initial", "A=1"]
+    args += ["--prior", "k=LogNormal(log(0.5), 1)", "--out", str(out), "--no-progress", "--samples", "200"]
+    assert cli.main(args) == 0
+    k_csv = json.loads((out / "fit.json").read_text())["posterior"]["k"]["mean"]
+    config = tmp_path / "decay.toml"
+    config.write_text(
+        f'data = "{bench_data / "a_decay.csv"}"\nmechanism = "first_order"\n'
+        '[initial]\nA = 1.0\n[priors]\nk = "LogNormal(log(0.5), 1)"\n[fit]\nseed = 0\n'
+    )
+    out2 = tmp_path / "toml"
+    assert cli.main(["fit", str(config), "--out", str(out2), "--no-progress", "--samples", "200"]) == 0
+    k_toml = json.loads((out2 / "fit.json").read_text())["posterior"]["k"]["mean"]
+    assert k_csv == pytest.approx(k_toml, rel=1e-9)
+    assert k_csv == pytest.approx(0.36, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fit", "missing.csv", "--mechanism", "A -> B : k"], "missing.csv"),
+        (["fit", "{data}", "--mechanism", "A -> : k", "--initial", "A=1"], "line 1, column"),
+        (["fit", "{data}"], "needs a mechanism"),
+        (["fit", "{data}", "--mechanism", "A -> B : k"], "initial concentration of the observed species 'A'"),
+        (["fit", "{data}", "--mechanism", "A -> B : k", "--initial", "A"], "NAME=VALUE"),
+        (["fit", "{data}", "--mechanism", "A -> B : k", "--initial", "A=1", "--prior", "k=Foo(1)"], "Foo"),
+        (["fit", "{toml}"], "unknown key 'mechansim'"),
+    ],
+)
+def test_user_errors_exit_2_with_a_sentence(args, message, bench_data, tmp_path, capsys):
+    toml = tmp_path / "bad.toml"
+    toml.write_text('data = "x.csv"\nmechansim = "A -> B : k"\n')
+    args = [a.format(data=bench_data / "a_decay.csv", toml=toml) for a in args]
+    code = cli.main(args + ["--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_crash_while_writing_leaves_no_folder(tmp_path, bench_data, monkeypatch, capsys):
+    from inference import plots
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(plots, "plot_elbo", broken)
+    out = tmp_path / "results"
+    args = ["fit", str(bench_data / "a_decay.csv"), "--mechanism", "A -> B : k", "--initial", "A=1"]
+    code = cli.main(args + ["--out", str(out), "--no-progress", "--samples", "100", "--max-steps", "1000"])
+    assert code == 1
+    assert "internal error" in capsys.readouterr().err
+    assert not out.exists()
+    assert not any(p.name.startswith(".results.tmp") for p in tmp_path.iterdir())
+
+
+def test_mechanisms_lists_builtins(capsys):
+    assert cli.main(["mechanisms"]) == 0
+    text = capsys.readouterr().out
+    assert "michaelis_menten" in text and "mm(Vmax, Km)" in text
+
+
+def test_console_script_exit_code(tmp_path):
+    exe = Path(sys.executable).parent / "vifit"
+    proc = subprocess.run(
+        [str(exe), "fit", str(tmp_path / "nope.csv"), "--mechanism", "A -> B : k"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("vifit: error:")

@@ -112,7 +112,6 @@ def to_arviz(result, num_samples: int = 1000, *, seed: int | None = None):
     dims.update(observed_dims)
     used = {d for ds in dims.values() for d in ds}
     coords = {k: list(v) for k, v in coords.items() if k in used}
-    # ArviZ needs coordinates for every named plate dimension whose size disagrees with none
     idata = az.from_dict(posterior=draws, observed_data=observed, coords=coords, dims=dims)
     attrs = {
         "inference_library": "vifit",

@@ -210,8 +210,10 @@ def _build_parser() -> argparse.ArgumentParser:
 def _job_from_args(args, job_class):
     source = Path(args.source)
     if source.suffix.lower() == ".toml":
-        if args.mechanism or args.initial or args.prior:
-            raise UserError("give --mechanism, --initial and --prior in the TOML file, not on the command line")
+        if args.mechanism or args.initial or args.prior or args.noise:
+            raise UserError(
+                "give --mechanism, --initial, --prior and --noise in the TOML file, not on the command line"
+            )
         job = job_class.from_toml(source)
     else:
         if not args.mechanism:
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             try:
                 job = _job_from_args(args, job_class)
-            except (ValueError, OSError) as err:
+            except (ValueError, TypeError, OSError) as err:
                 raise UserError(str(err)) from err
             out = args.out or Path("vifit-results")
         if args.samples < 10:

@@ -46,7 +46,7 @@ class Summary:
     stop_reason : str
     num_steps : int
     elbo : float
-        ELBO of the best restart, averaged over the last window of steps.
+        ELBO of the best restart, averaged over its last 10% of steps (at least 50).
     notes : tuple of str
         Sentences about the fit a reader should see (skipped steps, failures).
     """
@@ -199,7 +199,9 @@ class FitResult:
         key = ("summary", num_samples, seed)
         if key not in self._cache:
             idata = self.to_arviz(num_samples=num_samples, seed=seed)
-            table = az.summary(idata, kind="stats", hdi_prob=0.94, var_names=list(self.latent_sites))
+            # The best restart only: pooling restarts that disagree would blur the table.
+            best = idata.posterior.isel(chain=[self.best_restart])
+            table = az.summary(best, kind="stats", hdi_prob=0.94, var_names=list(self.latent_sites))
             self._cache[key] = Summary(
                 table=table,
                 guide=self.guide_name,

@@ -320,9 +320,10 @@ def _resolve_initial(mechanism: Mechanism, dataset: Dataset, initial) -> tuple[n
             spec = dataset.initial[sp]
         elif sp in dataset.species:
             raise ValueError(
-                f"the initial concentration of the observed species {sp!r} is not given; pass "
-                f"initial={{{sp!r}: 1.0}} if it is known, or initial={{{sp!r}: 'LogNormal(0, 1)'}} "
-                "to infer it"
+                f"the initial concentration of the observed species {sp!r} is not given; give it "
+                f"if it is known (Python: initial={{{sp!r}: 1.0}}; command line: --initial {sp}=1.0; "
+                f"TOML: [initial] {sp} = 1.0), or infer it (initial={{{sp!r}: 'infer'}}, "
+                f"--initial {sp}=infer)"
             )
         else:
             spec = 0.0  # a species that is neither observed nor given starts at zero

@@ -10,7 +10,7 @@ Gradient methods
 ``"expm"``
     Linear (first-order) networks, ``dy/dt = K y + b``, have the exact solution
     ``[y(t); 1] = expm(t M) [y0; 1]`` with ``M = [[K, b], [0, 0]]`` (Moler & Van Loan 2003).
-    No time stepping; gradients by reverse mode through ``jax.scipy.linalg.expm``.
+    No time stepping; gradients by reverse mode through :func:`expm_small`.
 ``"forward"``
     Forward-mode sensitivities: the Jacobian of the trajectory with respect to ``(y0, k)`` is
     computed by a JVP through the solver (``diffrax.ForwardMode``) in the same pass as the solve,
@@ -48,7 +48,6 @@ SOLVERS: dict[str, Callable[[], Any]] = {
     "dopri5": diffrax.Dopri5,
     "dopri8": diffrax.Dopri8,
     "kvaerno5": diffrax.Kvaerno5,
-    "kencarp4": diffrax.KenCarp4,
 }
 """Solvers by name: ``tsit5`` (default, non-stiff), ``kvaerno5`` (stiff, the ``stiff=True`` choice)."""
 
@@ -90,6 +89,11 @@ class SolverOptions:
             raise ValueError(
                 f"unknown ODE solver {self.solver!r}; use one of {', '.join(SOLVERS)} "
                 "or pass a diffrax solver object"
+            )
+        if self.stiff and not (isinstance(self.solver, str) and self.solver.lower() == "tsit5"):
+            raise ValueError(
+                "stiff=True chooses the solver (kvaerno5), and a solver was named as well; give one of "
+                "the two, e.g. solver='kvaerno5'"
             )
         if self.gradient not in GRADIENT_METHODS:
             raise ValueError(

@@ -84,11 +84,9 @@ def _prepare_out(out: Path) -> None:
 
 def _write_results(job, result, out: Path, *, num_samples: int, started: float) -> dict:
     """Write every output into a temporary sibling folder, then move it into place."""
-    from . import plots
-    from .arviz_export import import_arviz
-
-    az = import_arviz()
     import matplotlib.pyplot as plt
+
+    from . import plots
     import numpy as np
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ import numpyro.distributions as dist
 from .dataset import Dataset
 from .mechanism import Mechanism
 from .ode import SolverOptions, make_solver
-from .priors import as_prior, describe_prior, parse_prior
+from .priors import as_prior, describe_prior
 
 __all__ = ["NOISE_MODELS", "KineticsModel", "Trajectories", "default_priors", "model"]
 
@@ -439,9 +439,6 @@ def model(
                 f"are {', '.join(resolved)}"
             )
         resolved[site] = as_prior(spec, name=site)
-    for site, p in resolved.items():
-        if not isinstance(p, dist.Distribution):  # pragma: no cover - as_prior guarantees it
-            resolved[site] = parse_prior(str(p))
     order = list(mech.parameters) + sorted(inferred) + [NOISE_SITE]
     resolved = {site: resolved[site] for site in order}
     observed_index = np.array([mech.species.index(sp) for sp in data.species], dtype=int)

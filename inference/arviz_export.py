@@ -1,16 +1,23 @@
 """Hand-off to ArviZ: a :class:`FitResult` as :class:`arviz.InferenceData`.
 
-Groups written:
+The groups and attributes are documented in ``docs/arviz.md``: ``posterior`` (``chain`` = restart),
+``sample_stats`` (``log_p``, ``log_q``, ``lp``), ``prior``, ``prior_predictive``,
+``posterior_predictive``, ``observed_data``, ``log_likelihood`` (for :func:`arviz.loo`),
+``constant_data``, ``predictions`` and ``predictions_constant_data`` (model-specific), and
+``optimization`` (the loss trace and the guide parameters of every restart). Axes that belong to
+a NumPyro plate are named after the plate.
 
-``posterior``
-    Draws from the fitted guide; dimension ``chain`` is the restart, ``draw`` the draw. Axes that
-    belong to a NumPyro plate are named after the plate; labels come from ``model.coords`` when
-    the model has that attribute (a mapping of dimension name to labels).
-``observed_data``
-    The observed sites' values (NaN where a masked site was not observed).
+A model can add its own data through optional attributes (the kinetics models have them):
 
-Attributes of the ``posterior`` group carry the fit: guide, objective, stop reason, steps, ELBO,
-seed, non-finite steps and timings.
+``coords``
+    Mapping of dimension name to labels.
+``arviz_constant_data()``
+    ``{name: (dims, array)}`` for ``constant_data``.
+``arviz_predictions(samples, seed)``
+    ``({name: (dims, array (n, ...))}, {name: (dims, array)})`` for ``predictions`` (without the
+    ``chain`` axis) and ``predictions_constant_data``.
+``arviz_attrs()``
+    Extra attributes (netCDF-safe scalars and strings) for the ``posterior`` group.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import numpy as np
 from numpyro import handlers
 from numpyro.distributions import MaskedDistribution
 from numpyro.distributions.distribution import Unit
+
+from .sampling import draw_prior
 
 __all__ = ["to_arviz", "plate_dims", "observed_values", "import_arviz"]
 
@@ -82,37 +91,160 @@ def observed_values(model, args=(), kwargs=None) -> tuple[dict, dict]:
     return {k: np.asarray(v) for k, v in values.items()}, plate_dims(shapes, list(values))
 
 
-def to_arviz(result, num_samples: int = 1000, *, seed: int | None = None):
-    """Convert a :class:`FitResult` into :class:`arviz.InferenceData`.
+def _dims_for(dims: dict, name: str, value: np.ndarray, lead: int) -> list[str]:
+    """Dimension names of ``value`` (after ``lead`` sample axes) from ``dims``, else ArviZ's."""
+    known = list(dims.get(name, []))
+    ndim = value.ndim - lead
+    if len(known) == ndim:
+        return known
+    return [f"{name}_dim_{i}" for i in range(ndim)]
+
+
+def _dataset(values: dict, dims: dict, coords: dict, lead_dims: tuple[str, ...]):
+    import xarray as xr
+
+    data_vars = {}
+    for name, value in values.items():
+        value = np.asarray(value)
+        names = list(lead_dims) + _dims_for(dims, name, value, len(lead_dims))
+        data_vars[name] = (names, value)
+    ds = xr.Dataset(data_vars)
+    for dim, labels in coords.items():
+        if dim in ds.dims and len(labels) == ds.sizes[dim]:
+            ds = ds.assign_coords({dim: list(labels)})
+    for lead in lead_dims:
+        if lead in ds.dims:
+            ds = ds.assign_coords({lead: np.arange(ds.sizes[lead])})
+    return ds
+
+
+def _log_likelihood_dataset(loglik: dict, observed: dict, observed_dims: dict, coords: dict):
+    """Pointwise log likelihood; masked points (NaN in ``observed``) are left out along ``<site>_point``."""
+    import xarray as xr
+
+    full, flat = {}, {}
+    for name, value in loglik.items():
+        obs = observed.get(name)
+        if obs is None or np.all(np.isfinite(obs)):
+            full[name] = value
+            continue
+        measured = np.isfinite(obs)
+        point = f"{name}_point"
+        idx = np.nonzero(measured)
+        var = xr.DataArray(value[:, :, measured], dims=("chain", "draw", point))
+        site_dims = observed_dims.get(name) or [f"{name}_dim_{i}" for i in range(obs.ndim)]
+        var = var.assign_coords({f"{point}_{d}": (point, np.asarray(ix)) for d, ix in zip(site_dims, idx)})
+        flat[name] = var
+    ds = _dataset(full, observed_dims, coords, ("chain", "draw"))
+    for name, var in flat.items():
+        ds[name] = var
+    return ds.assign_coords(chain=np.arange(ds.sizes["chain"]), draw=np.arange(ds.sizes["draw"]))
+
+
+def _optimization_dataset(result):
+    import xarray as xr
+
+    data = {"loss": (("chain", "step"), np.asarray(result.losses, dtype=float))}
+    for name, value in result.restart_params.items():
+        value = np.asarray(value)
+        data[name] = (["chain"] + [f"{name}_dim_{i}" for i in range(value.ndim - 1)], value)
+    ds = xr.Dataset(data)
+    return ds.assign_coords(chain=np.arange(result.num_restarts), step=np.arange(1, result.num_steps + 1))
+
+
+def _stack(parts: list[dict]) -> dict:
+    return {name: np.stack([p[name] for p in parts]) for name in parts[0]}
+
+
+def to_arviz(result, num_samples: int = 1000, *, seed: int | None = None, verdict: bool = True):
+    """Convert a :class:`FitResult` into :class:`arviz.InferenceData` with every group.
 
     Parameters
     ----------
     result : FitResult
     num_samples : int
-        Draws per restart.
+        Draws per restart (and prior draws).
     seed : int, optional
         Seed of the draws; the fit's seed plus one by default.
+    verdict : bool
+        Run the checks (:meth:`FitResult.verdict`) and store the verdict in the attributes.
 
     Returns
     -------
     arviz.InferenceData
-        ``posterior`` with shape ``(chain=R, draw=num_samples, ...)`` per site and
-        ``observed_data``.
+        Groups and attributes as documented in ``docs/arviz.md``; ``posterior`` has shape
+        ``(chain=R, draw=num_samples, ...)`` per site.
     """
     az = import_arviz()
 
-    draws = result.sample_restarts(num_samples, seed=seed)
+    n = int(num_samples)
+    key = jax.random.PRNGKey(result.seed + 1 if seed is None else seed)
+    k_post, k_prior, k_pred = jax.random.split(key, 3)
+    sampler = result._posterior_sampler()
+    parts = [
+        sampler(jax.tree.map(lambda v: v[r], result.restart_params), jax.random.fold_in(k_post, r), n)
+        for r in range(result.num_restarts)
+    ]
+    latent = _stack([p.latent for p in parts])
+    names = [name for name in result.latent_sites if name in latent] + [
+        name for name in latent if name not in result.latent_sites
+    ]
+    posterior = {name: latent[name] for name in names}
+    prior = draw_prior(result.model, k_prior, n, result.model_args, result.model_kwargs)
+
+    model = result.model
+    coords = {k: list(v) for k, v in (getattr(model, "coords", {}) or {}).items()}
     trace = getattr(result.guide, "prototype_trace", None)
-    coords = dict(getattr(result.model, "coords", {}) or {})
-    if trace is not None:
-        dims = plate_dims(trace, list(draws))
-    else:
-        dims = {}
-    observed, observed_dims = observed_values(result.model, result.model_args, result.model_kwargs)
+    dims = plate_dims(trace, [n_ for n_ in names if n_ in trace]) if trace is not None else {}
+    observed, observed_dims = observed_values(model, result.model_args, result.model_kwargs)
     dims.update(observed_dims)
-    used = {d for ds in dims.values() for d in ds}
-    coords = {k: list(v) for k, v in coords.items() if k in used}
-    idata = az.from_dict(posterior=draws, observed_data=observed, coords=coords, dims=dims)
+
+    lead = ("chain", "draw")
+    groups = {
+        "posterior": _dataset(posterior, dims, coords, lead),
+        "sample_stats": _dataset(
+            {
+                "log_p": np.stack([p.log_p for p in parts]),
+                "log_q": np.stack([p.log_q for p in parts]),
+                "lp": np.stack([p.log_p for p in parts]),
+            },
+            {},
+            {},
+            lead,
+        ),
+        "posterior_predictive": _dataset(_stack([p.predictive for p in parts]), dims, coords, lead),
+        "log_likelihood": _log_likelihood_dataset(
+            _stack([p.log_likelihood for p in parts]), observed, observed_dims, coords
+        ),
+        "prior": _dataset({k: v[None] for k, v in prior.latent.items() if k in posterior}, dims, coords, lead),
+        "prior_predictive": _dataset({k: v[None] for k, v in prior.predictive.items()}, dims, coords, lead),
+        "observed_data": _dataset(observed, dims, coords, ()),
+    }
+    if hasattr(model, "arviz_constant_data"):
+        constant = model.arviz_constant_data()
+        groups["constant_data"] = _dataset(
+            {k: v for k, (_, v) in constant.items()}, {k: d for k, (d, _) in constant.items()}, coords, ()
+        )
+    if hasattr(model, "arviz_predictions"):
+        best = {k: v[result.best_restart][: min(n, 500)] for k, v in posterior.items()}
+        seed_pred = int(jax.random.randint(k_pred, (), 0, 2**31 - 1))
+        predictions, pred_constant = model.arviz_predictions(best, seed_pred)
+        groups["predictions"] = _dataset(
+            {k: np.asarray(v)[None] for k, (_, v) in predictions.items()},
+            {k: d for k, (d, _) in predictions.items()},
+            coords,
+            lead,
+        )
+        groups["predictions_constant_data"] = _dataset(
+            {k: v for k, (_, v) in pred_constant.items()}, {k: d for k, (d, _) in pred_constant.items()}, coords, ()
+        )
+    idata = az.InferenceData(**groups)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "optimization" is not one of ArviZ's group names
+        idata.add_groups({"optimization": _optimization_dataset(result)})
+
     attrs = {
         "inference_library": "vifit",
         "guide": result.guide_name,
@@ -123,10 +255,23 @@ def to_arviz(result, num_samples: int = 1000, *, seed: int | None = None):
         "best_restart": int(result.best_restart),
         "elbo": float(result.elbo),
         "seed": int(result.seed),
-        "nonfinite_steps": int(result.nonfinite_steps.sum()),
+        "nonfinite_steps": int(np.sum(result.nonfinite_steps)),
         "init_s": float(result.timings.init_s),
         "compile_s": float(result.timings.compile_s),
         "run_s": float(result.timings.run_s),
+        "total_s": float(result.timings.total_s),
     }
+    if verdict:
+        v = result.verdict()
+        attrs.update(
+            verdict=v.level,
+            verdict_reason=v.reason,
+            verdict_advice=v.advice,
+            verdict_checks=v.checks_json(),
+            khat=float(v.khat),
+            khat_draws=int(v.khat_draws),
+        )
+    if hasattr(model, "arviz_attrs"):
+        attrs.update(model.arviz_attrs())
     idata.posterior.attrs.update(attrs)
     return idata

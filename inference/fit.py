@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from numpyro.infer import SVI
 
-from .guides import guide_name, make_guide
+from .guides import SpreadInit, guide_name, make_guide
 from .loop import explain_nonfinite, init_state, make_chunk
 from .objectives import make_objective
 from .result import FitResult, Timings
@@ -79,9 +79,11 @@ def fit(
     chunk_size: int = 100,
     nonfinite_limit: float = 0.1,
     init_scale: float = 0.1,
+    restart_spread: float = 0.5,
     progress: bool = True,
+    method: str = "svi",
     **kwargs: Any,
-) -> FitResult:
+):
     """Fit a guide to ``model`` by maximizing the ELBO; stop by itself when converged.
 
     Parameters
@@ -104,8 +106,9 @@ def fit(
     seed : int
         Random seed; the same seed gives the same numbers.
     restarts : int
-        Number of independent fits from different random initializations, run vectorized. The
-        best (highest final ELBO) is used where one is needed; all are kept.
+        Number of independent fits, run vectorized. Restart 0 starts at the prior median, the
+        others at points spread around it (``restart_spread``). The best (highest final ELBO) is
+        used where one is needed; all are kept, and the verdict checks that they agree.
     min_steps, max_steps : int, optional
         Shorthand for the stopping rule's limits (defaults 1000 and 20000).
     stopping : PlateauRule, optional
@@ -118,13 +121,21 @@ def fit(
         50 steps) had a non-finite loss or gradient.
     init_scale : float
         Initial scale of named guides.
+    restart_spread : float
+        How far restarts after the first start from the prior median, as a fraction of the way
+        to a random prior draw in unconstrained space (:class:`inference.guides.SpreadInit`).
     progress : bool
         Show a progress bar with the current ELBO.
+    method : str
+        ``"svi"`` (default) or ``"nuts"``: the latter runs :func:`inference.nuts` on the same
+        model instead (a reference to check the variational fit against); the SVI settings are
+        then not used.
 
     Returns
     -------
     FitResult
-        ``losses`` has shape ``(restarts, num_steps)``; see :class:`FitResult`.
+        ``losses`` has shape ``(restarts, num_steps)``; see :class:`FitResult`. With
+        ``method="nuts"``, a :class:`inference.nuts.NutsResult`.
 
     Examples
     --------
@@ -137,8 +148,16 @@ def fit(
     >>> round(float(result.params["auto_loc"][0]), 1)
     2.0
     """
+    if method == "nuts":
+        from .nuts import nuts
+
+        return nuts(model, *args, seed=seed, progress=progress, **kwargs)
+    if method != "svi":
+        raise ValueError(f"method must be 'svi' or 'nuts', got {method!r}")
     t_start = time.perf_counter()
     restarts = _check_positive_int("restarts", restarts)
+    if not (0 <= restart_spread <= 2):
+        raise ValueError(f"restart_spread is a fraction in [0, 2], got {restart_spread!r}")
     chunk_size = _check_positive_int("chunk_size", chunk_size)
     num_particles = _check_positive_int("num_particles", num_particles)
     if not (lr > 0 and math.isfinite(lr)):
@@ -159,7 +178,17 @@ def fit(
     svi = SVI(model, guide_obj, optim, elbo)
 
     keys = jax.random.split(jax.random.PRNGKey(seed), restarts)
-    state = jax.jit(jax.vmap(lambda k: init_state(svi, k, args, kwargs)))(keys)
+    # Restart 0 starts at the prior median, the others spread around it (see SpreadInit).
+    spreads = jnp.where(jnp.arange(restarts) == 0, 0.0, restart_spread)
+    init_fn = getattr(guide_obj, "init_loc_fn", None)
+
+    def init_one(key, spread):
+        if isinstance(init_fn, SpreadInit):
+            with init_fn.spread(spread):
+                return init_state(svi, key, args, kwargs)
+        return init_state(svi, key, args, kwargs)
+
+    state = jax.jit(jax.vmap(init_one))(keys, spreads)
     state = jax.block_until_ready(state)
     t_init = time.perf_counter()
 
@@ -233,6 +262,7 @@ def fit(
         "restarts": restarts,
         "chunk_size": chunk_size,
         "init_scale": init_scale,
+        "restart_spread": restart_spread,
         "nonfinite_limit": nonfinite_limit,
         "stopping": {k: getattr(rule, k) for k in rule.__dataclass_fields__},
         "averaged_steps": int(min(steps, n_avg * chunk_size)),

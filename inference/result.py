@@ -49,6 +49,8 @@ class Summary:
         ELBO of the best restart, averaged over its last 10% of steps (at least 50).
     notes : tuple of str
         Sentences about the fit a reader should see (skipped steps, failures).
+    verdict : Verdict or None
+        Whether to trust the posterior (see :mod:`inference.diagnostics`).
     """
 
     table: Any
@@ -58,6 +60,7 @@ class Summary:
     num_steps: int
     elbo: float
     notes: tuple[str, ...] = ()
+    verdict: Any = None
 
     def __str__(self) -> str:
         head = (
@@ -66,6 +69,8 @@ class Summary:
         )
         lines = [head, "", self.table.to_string(float_format=lambda v: f"{v:.4g}")]
         lines += [""] + [f"note: {n}" for n in self.notes] if self.notes else []
+        if self.verdict is not None:
+            lines += ["", str(self.verdict)]
         return "\n".join(lines)
 
     def to_csv(self, path) -> None:
@@ -180,28 +185,83 @@ class FitResult:
         draws = [self.sample(num_samples, seed=seed, restart=r) for r in range(self.num_restarts)]
         return {name: np.stack([d[name] for d in draws]) for name in draws[0]}
 
-    def to_arviz(self, num_samples: int = 1000, *, seed: int | None = None):
+    def to_arviz(self, num_samples: int = 1000, *, seed: int | None = None, verdict: bool = True):
         """The posterior as :class:`arviz.InferenceData` (see :func:`inference.to_arviz`)."""
         from .arviz_export import to_arviz
 
-        return to_arviz(self, num_samples=num_samples, seed=seed)
+        return to_arviz(self, num_samples=num_samples, seed=seed, verdict=verdict)
 
-    def summary(self, num_samples: int = 2000, *, seed: int | None = None) -> Summary:
-        """Posterior mean, sd and 94% HDI of every parameter, with the fit's status.
+    def _posterior_sampler(self):
+        """Compiled draws with model and guide densities (:func:`inference.sampling.make_posterior_sampler`)."""
+        if "posterior_sampler" not in self._cache:
+            from .sampling import make_posterior_sampler
 
-        The table is :func:`arviz.summary` of draws from the guide (``kind="stats"``,
-        ``hdi_prob=0.94``).
+            self._cache["posterior_sampler"] = make_posterior_sampler(
+                self.model, self.guide, self.latent_sites, self.model_args, self.model_kwargs
+            )
+        return self._cache["posterior_sampler"]
+
+    def diagnose(self, num_samples: int = 16000, *, seed: int | None = None):
+        """Every check of the fit, with the draws they used (cached; see :func:`inference.diagnose`)."""
+        from .diagnostics import diagnose
+
+        key = ("diagnosis", num_samples, seed)
+        if key not in self._cache:
+            self._cache[key] = diagnose(self, num_samples, seed=seed)
+            self._cache["last_diagnosis"] = self._cache[key]
+        return self._cache[key]
+
+    def verdict(self, num_samples: int = 16000, *, seed: int | None = None):
+        """Whether to trust this posterior: *reliable*, *use with care* or *unreliable*, and why.
+
+        See :mod:`inference.diagnostics` for the checks (PSIS k-hat, a Laplace curvature check,
+        restart agreement, the stop reason and zero-density draws).
+
+        Returns
+        -------
+        Verdict
+        """
+        return self.diagnose(num_samples, seed=seed).verdict
+
+    def sample_psis(self, num_samples: int = 1000, *, seed: int | None = None) -> dict:
+        """PSIS-corrected draws: guide draws importance-resampled with Pareto-smoothed weights.
+
+        Available when the PSIS k-hat is at most 0.7 (Yao et al. 2018); above that, importance
+        weighting cannot be trusted and a ``ValueError`` says what to do instead.
+
+        Returns
+        -------
+        dict of str to ndarray
+            Each latent site with shape ``(num_samples, *site_shape)``.
+        """
+        from .diagnostics import KHAT_OK, psis_resample
+
+        diagnosis = self._cache.get("last_diagnosis") or self.diagnose()
+        khat = diagnosis.psis.khat
+        if not khat <= KHAT_OK:
+            raise ValueError(
+                f"PSIS-corrected draws need k-hat at most {KHAT_OK}, and this fit has k-hat {khat:.2f}: the guide "
+                "misses posterior mass that reweighting cannot recover; fit a richer guide or run inference.nuts"
+            )
+        rng_seed = self.seed + 4 if seed is None else seed
+        return psis_resample(diagnosis.draws, diagnosis.psis.log_weights, num_samples, seed=rng_seed)
+
+    def summary(self, num_samples: int = 2000, *, seed: int | None = None, verdict: bool = True) -> Summary:
+        """Posterior mean, sd and 94% HDI of every parameter, with the fit's status and verdict.
+
+        The table is :func:`arviz.summary` of draws from the guide of the best restart
+        (``kind="stats"``, ``hdi_prob=0.94``); ``verdict=False`` skips the checks.
         """
         from .arviz_export import import_arviz
 
         az = import_arviz()
 
-        key = ("summary", num_samples, seed)
+        key = ("summary", num_samples, seed, verdict)
         if key not in self._cache:
-            idata = self.to_arviz(num_samples=num_samples, seed=seed)
+            draws = self.sample(num_samples, seed=seed)
             # The best restart only: pooling restarts that disagree would blur the table.
-            best = idata.posterior.isel(chain=[self.best_restart])
-            table = az.summary(best, kind="stats", hdi_prob=0.94, var_names=list(self.latent_sites))
+            posterior = az.from_dict(posterior={k: v[None] for k, v in draws.items()}).posterior
+            table = az.summary(posterior, kind="stats", hdi_prob=0.94, var_names=list(self.latent_sites))
             self._cache[key] = Summary(
                 table=table,
                 guide=self.guide_name,
@@ -210,6 +270,7 @@ class FitResult:
                 num_steps=self.num_steps,
                 elbo=self.elbo,
                 notes=tuple(self.notes()),
+                verdict=self.verdict() if verdict else None,
             )
         return self._cache[key]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -10,7 +11,7 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer import Predictive
 from numpyro.infer.autoguide import AutoContinuous, AutoGuide
 
-__all__ = ["sample_guide"]
+__all__ = ["sample_guide", "ModelDraws", "make_posterior_sampler", "draw_prior"]
 
 
 def _static_supports(guide) -> bool:
@@ -62,3 +63,117 @@ def sample_guide(guide, params, rng_key, num_samples: int, args=(), kwargs=None)
         predictive = Predictive(guide, params=params, num_samples=num_samples)
         out = predictive(rng_key, *args, **kwargs)
     return {name: np.asarray(v) for name, v in out.items()}
+
+
+class ModelDraws(NamedTuple):
+    """Draws of a model's latent sites with their densities, observations and predictions.
+
+    Attributes
+    ----------
+    latent : dict of str to ndarray
+        Latent sample sites (and deterministic sites), each ``(n, *site_shape)``.
+    log_p : ndarray, shape (n,)
+        Log joint density of the model, ``log p(x, z)``, at each draw (``-inf`` where the model
+        gives the draw zero density, e.g. a failed ODE solve).
+    log_q : ndarray, shape (n,)
+        Log density of the guide at the draw (in the same, constrained space); zeros for prior
+        draws.
+    log_likelihood : dict of str to ndarray
+        Pointwise log likelihood of each observed site, ``(n, *site_shape)``.
+    predictive : dict of str to ndarray
+        A new draw of each observed site given the latent draw, ``(n, *site_shape)``.
+    """
+
+    latent: dict
+    log_p: np.ndarray
+    log_q: np.ndarray
+    log_likelihood: dict
+    predictive: dict
+
+
+def _is_factor(site) -> bool:
+    from numpyro.distributions.distribution import Unit
+
+    return isinstance(site["fn"], Unit)
+
+
+def _model_pieces(model, values, key, args, kwargs):
+    """Trace ``model`` (latent sites substituted by ``values`` when given) under seed ``key``."""
+    from numpyro import handlers
+
+    k_model, k_pred = jax.random.split(key)
+    run = handlers.seed(model, k_model)
+    if values is not None:
+        run = handlers.substitute(run, data=values)
+    trace = handlers.trace(run).get_trace(*args, **kwargs)
+    log_p = 0.0
+    latent, loglik, predictive = {}, {}, {}
+    for name, site in trace.items():
+        if site["type"] == "deterministic":
+            latent[name] = site["value"]
+        if site["type"] != "sample":
+            continue
+        log_prob = site["fn"].log_prob(site["value"])
+        scale = site.get("scale")
+        if scale is not None:
+            log_prob = scale * log_prob
+        log_p = log_p + jax.numpy.sum(log_prob)
+        if not site["is_observed"]:
+            latent[name] = site["value"]
+        elif not _is_factor(site):
+            loglik[name] = log_prob
+            k_pred, k_site = jax.random.split(k_pred)
+            predictive[name] = site["fn"].sample(k_site)
+    return latent, log_p, loglik, predictive
+
+
+def make_posterior_sampler(model, guide, latent_names, args=(), kwargs=None):
+    """Return ``sampler(params, rng_key, num_samples) -> ModelDraws``, compiled once per shape.
+
+    Each draw ``z ~ q(z; params)`` comes with ``log q(z)`` (the guide's log density, in the
+    constrained space), ``log p(x, z)`` (the model's log joint), the pointwise log likelihood
+    and a posterior predictive draw of each observed site. ``log p - log q`` are the importance
+    log weights of the draws (Yao et al. 2018), the input of PSIS.
+    """
+    from numpyro import handlers
+    from numpyro.infer.util import log_density
+
+    kwargs = kwargs or {}
+    names = tuple(latent_names)
+
+    @jax.jit
+    def run(params, keys):
+        def one(key):
+            k_guide, k_model = jax.random.split(key)
+            log_q, guide_trace = log_density(handlers.seed(guide, k_guide), args, kwargs, params)
+            values = {n: guide_trace[n]["value"] for n in names}
+            latent, log_p, loglik, predictive = _model_pieces(model, values, k_model, args, kwargs)
+            return latent, log_p, log_q, loglik, predictive
+
+        return jax.vmap(one)(keys)
+
+    def sampler(params, rng_key, num_samples: int) -> ModelDraws:
+        return _as_numpy(run(params, jax.random.split(rng_key, int(num_samples))))
+
+    return sampler
+
+
+def draw_prior(model, rng_key, num_samples: int, args=(), kwargs=None) -> ModelDraws:
+    """Draw from the prior and simulate the observed sites (prior predictive); ``log_q`` is 0."""
+    kwargs = kwargs or {}
+
+    @jax.jit
+    def run(keys):
+        def one(key):
+            latent, log_p, loglik, predictive = _model_pieces(model, None, key, args, kwargs)
+            return latent, log_p, jax.numpy.zeros(()), loglik, predictive
+
+        return jax.vmap(one)(keys)
+
+    return _as_numpy(run(jax.random.split(rng_key, int(num_samples))))
+
+
+def _as_numpy(out) -> ModelDraws:
+    latent, log_p, log_q, loglik, predictive = jax.device_get(out)
+    to_np = lambda d: {k: np.asarray(v) for k, v in d.items()}  # noqa: E731
+    return ModelDraws(to_np(latent), np.asarray(log_p), np.asarray(log_q), to_np(loglik), to_np(predictive))

@@ -139,6 +139,48 @@ class KineticsModel:
             "experiment": self.dataset.experiments,
             "time": tuple(range(self.dataset.times.shape[1])),
             "species": self.dataset.species,
+            "initial_species": self.mechanism.species,
+        }
+
+    # -- what the ArviZ export adds for this model (see inference.arviz_export) --------------
+    def arviz_constant_data(self) -> dict[str, tuple[list[str], np.ndarray]]:
+        """``times`` (experiment, time): measured times; ``initial`` (experiment, initial_species):
+        known initial concentrations, NaN where inferred."""
+        data = self.dataset
+        padded = np.arange(data.times.shape[1])[None, :] >= np.asarray(data.n_times)[:, None]
+        times = np.where(padded, np.nan, data.times)
+        return {
+            "times": (["experiment", "time"], np.asarray(times, dtype=float)),
+            "initial": (["experiment", "initial_species"], np.asarray(self.known_initial, dtype=float)),
+        }
+
+    def arviz_predictions(self, samples: Mapping[str, Any], seed: int = 0, n_points: int = 120):
+        """Noise-free curves (``curve``) and new measurements (``predictive``) on a fine grid.
+
+        Returns
+        -------
+        predictions : dict
+            ``{name: (dims, array)}`` with arrays ``(n_draws, E, n_points, S)``.
+        constant : dict
+            ``{"fine_times": (["experiment", "fine_time"], array (E, n_points))}``.
+        """
+        traj = self.simulate(samples, n_points=n_points, seed=seed)
+        dims = ["experiment", "fine_time", "species"]
+        curve = np.where(traj.failed[..., None, None], np.nan, traj.observed)
+        out = {"curve": (dims, curve)}
+        if traj.predictive is not None:
+            out["predictive"] = (dims, traj.predictive)
+        return out, {"fine_times": (["experiment", "fine_time"], traj.times)}
+
+    def arviz_attrs(self) -> dict[str, str]:
+        """Mechanism, noise model, units and data source (netCDF-safe strings)."""
+        data = self.dataset
+        return {
+            "mechanism": str(self.mechanism),
+            "noise": self.noise,
+            "time_unit": data.time_unit or "",
+            "concentration_unit": data.concentration_unit or "",
+            "data_source": str(data.source or ""),
         }
 
     @property

@@ -1,0 +1,615 @@
+"""The verdict on a fit: can its posterior be trusted?
+
+A variational fit always returns *a* posterior; :func:`diagnose` says whether to use it. It
+combines five checks, each a :class:`Check` with a level, a sentence and what to do:
+
+``stopping``
+    Why the optimization stopped, and how many steps were skipped as non-finite.
+``density``
+    The fraction of guide draws at which the model has zero density (``log p = -inf``; for an
+    ODE model, a failed solve).
+``psis``
+    Pareto-smoothed importance sampling of the guide against the model (Yao, Vehtari, Simpson &
+    Gelman 2018). With draws :math:`z_s \\sim q` and log weights
+    :math:`\\log w_s = \\log p(x, z_s) - \\log q(z_s)`, the shape :math:`\\hat k` of a generalized
+    Pareto distribution fitted to the largest weights measures how much heavier the posterior's
+    tails are than the guide's: :math:`\\hat k \\le 0.5` good, :math:`0.5 < \\hat k \\le 0.7`
+    usable, :math:`\\hat k > 0.7` the guide misses posterior mass that importance weighting cannot
+    recover (Vehtari, Simpson, Gelman, Yao & Gabry 2024). :math:`\\hat k` is noisy (it moves by
+    +-0.2 between batches of a few thousand draws), so it is estimated from 16000 draws by
+    default and read together with the *PSIS shift*: how far importance weighting moves each
+    parameter's mean (in guide sds) and sd (as a ratio). ArviZ's :func:`arviz.psislw` does the
+    smoothing.
+``curvature``
+    A Laplace check, independent of Monte Carlo noise: the Hessian :math:`H` of
+    :math:`-\\log p(x, u)` in the unconstrained space :math:`u` at the centre of the guide
+    (finite differences of the exact gradient) gives sds :math:`\\sqrt{(H^{-1})_{ii}}` and
+    correlations. A guide whose sd is far below the Laplace sd in some direction is too narrow;
+    the correlated partner of that parameter is named (this is how a mean-field guide fails on
+    correlated parameters such as Vmax and Km).
+``restarts``
+    With several restarts: the spread of their final ELBOs against its Monte Carlo error, and
+    R-hat across restarts (each restart a chain; Vehtari et al. 2021, via ArviZ).
+
+The verdict is the worst level among the checks: *reliable*, *use with care* or *unreliable*,
+with the main reason and the advice of the worst check.
+
+References
+----------
+Yao, Y., Vehtari, A., Simpson, D. and Gelman, A. (2018). Yes, but did it work?: Evaluating
+variational inference. ICML.
+
+Vehtari, A., Simpson, D., Gelman, A., Yao, Y. and Gabry, J. (2024). Pareto smoothed importance
+sampling. JMLR 25(72), 1-58.
+
+Vehtari, A., Gelman, A., Simpson, D., Carpenter, B. and Burkner, P.-C. (2021). Rank-normalization,
+folding, and localization: an improved R-hat for assessing convergence of MCMC. Bayesian Analysis.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .stopping import StopReason
+
+__all__ = [
+    "RELIABLE",
+    "CARE",
+    "UNRELIABLE",
+    "LEVELS",
+    "Check",
+    "Verdict",
+    "PsisResult",
+    "psis",
+    "psis_resample",
+    "check_stopping",
+    "check_density",
+    "check_psis",
+    "check_curvature",
+    "check_restarts",
+    "diagnose",
+    "flatten_draws",
+    "Diagnosis",
+]
+
+RELIABLE = "reliable"
+CARE = "use with care"
+UNRELIABLE = "unreliable"
+LEVELS = (RELIABLE, CARE, UNRELIABLE)
+
+#: k-hat thresholds (Yao et al. 2018): good up to 0.5, usable up to 0.7.
+KHAT_GOOD, KHAT_OK = 0.5, 0.7
+#: A PSIS shift above these is worth a note; above twice these, the guide is off in its bulk.
+MEAN_SHIFT, SD_SHIFT = 0.1, 0.1
+
+
+class Check(NamedTuple):
+    """One check of a fit.
+
+    Attributes
+    ----------
+    name : str
+        ``"stopping"``, ``"density"``, ``"psis"``, ``"curvature"`` or ``"restarts"``.
+    level : str
+        One of :data:`LEVELS`.
+    message : str
+        What was found, one sentence.
+    advice : str
+        What to do about it (empty when nothing needs doing).
+    """
+
+    name: str
+    level: str
+    message: str
+    advice: str = ""
+
+
+def _worst(levels) -> str:
+    return max(levels, key=LEVELS.index, default=RELIABLE)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a fit's posterior can be trusted, and why.
+
+    Attributes
+    ----------
+    level : str
+        ``"reliable"``, ``"use with care"`` or ``"unreliable"``.
+    reason : str
+        The main reason, one sentence.
+    advice : str
+        What to do (empty for a reliable fit with nothing to add).
+    checks : tuple of Check
+    khat : float
+        PSIS k-hat of the best restart's guide (NaN when not computed).
+    khat_draws : int
+        Number of draws k-hat was estimated from.
+    ess : float
+        Importance-sampling effective sample size of those draws, :math:`1 / \\sum_s \\tilde w_s^2`
+        with normalized smoothed weights.
+    """
+
+    level: str
+    reason: str
+    advice: str
+    checks: tuple[Check, ...]
+    khat: float = float("nan")
+    khat_draws: int = 0
+    ess: float = float("nan")
+
+    def __str__(self) -> str:
+        lines = [f"verdict: {self.level}: {self.reason}"]
+        if self.advice:
+            lines.append(f"what to do: {self.advice}")
+        others = [c for c in self.checks if c.message != self.reason]
+        lines += [f"  {c.name} ({c.level}): {c.message}" for c in others]
+        return "\n".join(lines)
+
+    def checks_json(self) -> str:
+        """The checks as a JSON list of ``{"check", "level", "message", "advice"}``."""
+        return json.dumps(
+            [{"check": c.name, "level": c.level, "message": c.message, "advice": c.advice} for c in self.checks]
+        )
+
+    def to_dict(self) -> dict:
+        """Plain data (for ``fit.json``)."""
+        return {
+            "level": self.level,
+            "reason": self.reason,
+            "advice": self.advice,
+            "khat": _finite_or_none(self.khat),
+            "khat_draws": self.khat_draws,
+            "ess": _finite_or_none(self.ess),
+            "checks": json.loads(self.checks_json()),
+        }
+
+    @classmethod
+    def from_checks(cls, checks, **stats) -> Verdict:
+        """Combine checks: the worst level decides; its first check gives the reason and advice."""
+        checks = tuple(checks)
+        level = _worst(c.level for c in checks)
+        if level == RELIABLE:
+            reason = "; ".join(c.message for c in checks if c.name in ("stopping", "psis", "curvature"))
+            advice = ""
+        else:
+            worst = [c for c in checks if c.level == level]
+            reason = worst[0].message
+            advice = next((c.advice for c in worst if c.advice), "")
+        return cls(level=level, reason=reason, advice=advice, checks=checks, **stats)
+
+
+def _finite_or_none(x):
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+# -- draws as a table of scalar parameters -------------------------------------------------------
+def flatten_draws(draws: dict, names=None) -> tuple[list[str], np.ndarray]:
+    """Scalar columns of a dict of draws: labels ``name`` or ``name[i,j]`` and an ``(n, p)`` array."""
+    labels, columns = [], []
+    for name in names or draws:
+        value = np.asarray(draws[name], dtype=float)
+        n = value.shape[0]
+        flat = value.reshape(n, -1)
+        shape = value.shape[1:]
+        for j in range(flat.shape[1]):
+            labels.append(name if not shape else f"{name}[{','.join(map(str, np.unravel_index(j, shape)))}]")
+            columns.append(flat[:, j])
+    return labels, np.stack(columns, axis=1) if columns else np.zeros((0, 0))
+
+
+# -- PSIS -----------------------------------------------------------------------------------------
+class PsisResult(NamedTuple):
+    """Pareto-smoothed importance weights of guide draws.
+
+    Attributes
+    ----------
+    log_weights : ndarray, shape (n,)
+        Smoothed, normalized log weights (``logsumexp`` = 0); ``-inf`` for zero-density draws.
+    khat : float
+        Estimated Pareto shape of the weights' tail.
+    ess : float
+        Effective sample size ``1 / sum(w**2)``.
+    n_zero : int
+        Draws with zero model density (weight 0).
+    """
+
+    log_weights: np.ndarray
+    khat: float
+    ess: float
+    n_zero: int
+
+
+def psis(log_p: np.ndarray, log_q: np.ndarray) -> PsisResult:
+    """PSIS of draws from ``q`` with target ``p`` (ArviZ's :func:`arviz.psislw`).
+
+    Draws with ``log p = -inf`` get weight zero and are left out of the tail fit.
+    """
+    from .arviz_export import import_arviz
+
+    az = import_arviz()
+    raw = np.asarray(log_p, dtype=float) - np.asarray(log_q, dtype=float)
+    finite = np.isfinite(raw)
+    out = np.full(raw.shape, -np.inf)
+    if finite.sum() < 10:
+        return PsisResult(out, float("inf"), 0.0, int((~finite).sum()))
+    smoothed, khat = az.psislw(raw[finite])
+    out[finite] = smoothed
+    w = np.exp(out[finite])
+    return PsisResult(out, float(khat), float(1.0 / np.sum(w**2)), int((~finite).sum()))
+
+
+def psis_resample(draws: dict, log_weights: np.ndarray, num_samples: int, seed: int = 0) -> dict:
+    """Importance resampling: ``num_samples`` draws chosen with probability ``exp(log_weights)``.
+
+    Sampling-importance-resampling (Rubin 1988) with Pareto-smoothed weights; with replacement, so
+    repeated draws are expected when the effective sample size is small.
+    """
+    p = np.exp(np.asarray(log_weights, dtype=float))
+    p = p / p.sum()
+    idx = np.random.default_rng(seed).choice(p.size, size=int(num_samples), replace=True, p=p)
+    return {name: np.asarray(v)[idx] for name, v in draws.items()}
+
+
+def _is_mean_field(guide_name: str) -> bool:
+    return guide_name in ("normal", "mean_field", "AutoNormal", "AutoDiagonalNormal")
+
+
+def check_psis(log_p, log_q, draws: dict, names=None, guide_name: str = "") -> tuple[Check, PsisResult, dict]:
+    """The PSIS check; also returns the weights and the shift of each parameter.
+
+    The shift of a parameter is ``(mean_w - mean) / sd`` and ``sd_w / sd``: how importance
+    weighting moves its mean (in guide sds) and its sd.
+    """
+    res = psis(log_p, log_q)
+    n = len(np.asarray(log_p))
+    if not math.isfinite(res.khat):
+        check = Check(
+            "psis",
+            UNRELIABLE,
+            f"PSIS is not possible: {res.n_zero} of {n} draws have zero model density",
+            "start from another point or change the priors so that the model is defined where the guide puts mass",
+        )
+        return check, res, {}
+    labels, x = flatten_draws(draws, names)
+    keep = np.isfinite(res.log_weights)
+    w = np.exp(res.log_weights[keep])
+    xs = x[keep]
+    mean, sd = xs.mean(0), xs.std(0)
+    mean_w = w @ xs
+    sd_w = np.sqrt(w @ (xs - mean_w) ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dm = np.where(sd > 0, (mean_w - mean) / sd, 0.0)
+        ratio = np.where(sd > 0, sd_w / sd, 1.0)
+    shift = {lab: (float(a), float(b)) for lab, a, b in zip(labels, dm, ratio)}
+    worst = int(np.argmax(np.maximum(np.abs(dm) / MEAN_SHIFT, np.abs(np.log(ratio)) / math.log1p(SD_SHIFT))))
+    k = res.khat
+    head = f"PSIS k-hat {k:.2f} from {n} draws"
+    move = (
+        f"importance weighting moves the mean of {labels[worst]} by {dm[worst]:+.2f} sd and its sd by a "
+        f"factor {ratio[worst]:.2f}"
+    )
+    big = abs(dm[worst]) > 2 * MEAN_SHIFT or abs(math.log(ratio[worst])) > 2 * math.log1p(SD_SHIFT)
+    if k > KHAT_OK:
+        check = Check(
+            "psis",
+            UNRELIABLE,
+            f"{head} is above {KHAT_OK}: the posterior has mass the guide does not reach, and importance "
+            f"weighting cannot recover it ({move})",
+            (
+                "use guide='multivariate_normal' (full-rank)"
+                if _is_mean_field(guide_name)
+                else "use more particles (num_particles=32) or a richer guide"
+            )
+            + ", and check with NUTS (inference.nuts)",
+        )
+    elif big:
+        check = Check(
+            "psis",
+            CARE,
+            f"{head}, but {move}: the guide is off in the bulk of the posterior",
+            "use the PSIS-corrected draws (result.sample_psis()) or a richer guide",
+        )
+    else:
+        extra = "; result.sample_psis() gives corrected draws" if (k > KHAT_GOOD or not _small(dm, ratio)) else ""
+        check = Check("psis", RELIABLE, f"{head} is at most {KHAT_OK} and {move}{extra}")
+    return check, res, shift
+
+
+def _small(dm, ratio) -> bool:
+    return bool(np.all(np.abs(dm) <= MEAN_SHIFT) and np.all(np.abs(ratio - 1) <= SD_SHIFT))
+
+
+# -- curvature (Laplace) --------------------------------------------------------------------------
+def _latent_transforms(model, draws: dict, args, kwargs):
+    from numpyro import handlers
+    from numpyro.distributions.transforms import biject_to
+
+    first = {k: jnp.asarray(v[0]) for k, v in draws.items()}
+    trace = handlers.trace(handlers.substitute(handlers.seed(model, 0), data=first)).get_trace(*args, **kwargs)
+    return {name: biject_to(trace[name]["fn"].support) for name in draws}
+
+
+def check_curvature(model, draws: dict, guide_name: str, args=(), kwargs=None, *, max_dim: int = 200) -> Check:
+    """Compare the guide's spread with the Laplace approximation at the guide's centre.
+
+    Parameters
+    ----------
+    model : callable
+    draws : dict of str to ndarray
+        Guide draws of every latent site, ``(n, *shape)``, constrained.
+    guide_name : str
+        For the advice ("normal" guides are told to go full-rank).
+    max_dim : int
+        Skip the check above this many unconstrained dimensions (the Hessian costs ``2 d``
+        gradient evaluations).
+    """
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import potential_energy
+
+    kwargs = kwargs or {}
+    transforms = _latent_transforms(model, draws, args, kwargs)
+    unconstrained = {name: np.asarray(transforms[name].inv(jnp.asarray(v))) for name, v in draws.items()}
+    labels, u = flatten_draws(unconstrained)
+    d = u.shape[1]
+    if d > max_dim:
+        return Check("curvature", RELIABLE, f"curvature check skipped: {d} dimensions (more than {max_dim})")
+    center = {name: np.median(v, axis=0) for name, v in unconstrained.items()}
+    x0, unravel = ravel_pytree({k: jnp.asarray(v) for k, v in center.items()})
+    sd_q = u.std(0)
+    if not np.all(sd_q > 0):
+        return Check("curvature", RELIABLE, "curvature check skipped: the guide has no spread (a point estimate)")
+    grad = jax.grad(lambda x: potential_energy(model, args, kwargs, unravel(x)))
+    steps = 1e-2 * sd_q
+    # Order of ravel_pytree is sorted by name; align the guide's columns with it.
+    order_labels, _ = flatten_draws({k: center[k][None] for k in sorted(center)})
+    perm = [labels.index(lab) for lab in order_labels]
+    sd_q, u = sd_q[perm], u[:, perm]
+    labels = order_labels
+    h = steps[perm]
+    points = np.concatenate([x0 + np.diag(h), x0 - np.diag(h)])
+    grads = np.asarray(jax.jit(jax.vmap(grad))(jnp.asarray(points)))
+    if not np.all(np.isfinite(grads)):
+        return Check("curvature", RELIABLE, "curvature check skipped: the gradient is not finite near the guide's centre")
+    hess = (grads[:d] - grads[d:]) / (2 * h[:, None])
+    hess = 0.5 * (hess + hess.T)
+    eig = np.linalg.eigvalsh(hess)
+    if eig.min() <= 0:
+        return Check(
+            "curvature",
+            RELIABLE,
+            "curvature check skipped: the log density is not concave at the guide's centre (no Laplace approximation)",
+        )
+    cov = np.linalg.inv(hess)
+    sd_l = np.sqrt(np.diag(cov))
+    corr_l = cov / np.outer(sd_l, sd_l)
+    corr_q = np.corrcoef(u, rowvar=False) if d > 1 else np.ones((1, 1))
+    ratio = sd_q / sd_l
+    i = int(np.argmin(ratio))
+    narrow = (
+        f"the guide's sd of {labels[i]} (unconstrained) is {ratio[i]:.2f} of the Laplace sd at the posterior centre"
+    )
+    partner = ""
+    if d > 1:
+        off = np.abs(corr_l[i]).copy()
+        off[i] = 0
+        j = int(np.argmax(off))
+        partner = (
+            f": {labels[i]} and {labels[j]} are correlated (rho = {corr_l[i, j]:.2f}) and the guide gives them "
+            f"rho = {corr_q[i, j]:.2f}"
+        )
+        partner = partner if off[j] > 0.5 else ""
+    advice = (
+        "use guide='multivariate_normal' (full-rank), which represents correlations"
+        if _is_mean_field(guide_name) and partner
+        else "check with NUTS (inference.nuts) or try a richer guide"
+    )
+    if ratio[i] < 0.5:
+        return Check("curvature", UNRELIABLE, narrow + partner, advice)
+    if ratio[i] < 0.8:
+        return Check("curvature", CARE, narrow + partner, advice)
+    # Correlations the guide misses, even with the right marginal spread.
+    if d > 1:
+        miss = np.abs(corr_l - corr_q)
+        np.fill_diagonal(miss, 0)
+        a, b = np.unravel_index(int(np.argmax(miss)), miss.shape)
+        if abs(corr_l[a, b]) > 0.8 and miss[a, b] > 0.5:
+            return Check(
+                "curvature",
+                CARE,
+                f"{labels[a]} and {labels[b]} are correlated (rho = {corr_l[a, b]:.2f} at the posterior centre) "
+                f"but the guide gives them rho = {corr_q[a, b]:.2f}",
+                advice,
+            )
+    return Check(
+        "curvature",
+        RELIABLE,
+        f"the guide's spread matches the Laplace approximation (sd ratios {ratio.min():.2f} to {ratio.max():.2f})",
+    )
+
+
+# -- restarts -------------------------------------------------------------------------------------
+def _final_elbo(trace: np.ndarray) -> tuple[float, float]:
+    """Mean ELBO over the last 10% of steps (at least 50) and its standard error (batch means)."""
+    tail = -trace[-max(50, trace.size // 10) :]
+    tail = tail[np.isfinite(tail)]
+    if tail.size < 10:
+        return float("nan"), float("inf")
+    batches = np.array_split(tail, 10)
+    means = np.array([b.mean() for b in batches])
+    return float(tail.mean()), float(means.std(ddof=1) / math.sqrt(len(means)))
+
+
+def check_restarts(losses: np.ndarray, restart_draws: dict | None = None) -> Check:
+    """Agreement of restarts: spread of final ELBOs and R-hat across restarts.
+
+    Parameters
+    ----------
+    losses : ndarray, shape (R, num_steps)
+    restart_draws : dict of str to ndarray, each ``(R, n, *shape)``, optional
+        Guide draws per restart, for R-hat (each restart one chain).
+    """
+    from .arviz_export import import_arviz
+
+    R = losses.shape[0]
+    if R == 1:
+        return Check(
+            "restarts",
+            RELIABLE,
+            "one restart, so agreement between restarts was not checked",
+            "fit(..., restarts=4) checks that independent starts find the same optimum",
+        )
+    finals = [_final_elbo(t) for t in losses]
+    elbo = np.array([f[0] for f in finals])
+    se = np.array([f[1] for f in finals])
+    ok = np.isfinite(elbo)
+    if not ok.any():
+        return Check("restarts", UNRELIABLE, "no restart reached a finite ELBO", "see the stopping check")
+    best = int(np.nanargmax(np.where(ok, elbo, -np.inf)))
+    gap = elbo[best] - elbo
+    tol = np.maximum(1.0, 4 * np.sqrt(se[best] ** 2 + se**2))
+    behind = [r for r in range(R) if not ok[r] or gap[r] > tol[r]]
+    rhat_text, rhat_max = "", 1.0
+    if restart_draws:
+        az = import_arviz()
+        labels, _ = flatten_draws({k: v[0] for k, v in restart_draws.items()})
+        stacked = np.stack([flatten_draws({k: v[r] for k, v in restart_draws.items()})[1] for r in range(R)])
+        rhats = np.array([float(az.rhat(stacked[:, :, j])) for j in range(stacked.shape[2])])
+        j = int(np.nanargmax(rhats))
+        rhat_max = float(rhats[j])
+        rhat_text = f"R-hat across restarts at most {rhat_max:.3f} ({labels[j]})"
+    if behind or rhat_max > 1.05:
+        parts = []
+        if behind:
+            parts.append(
+                f"{len(behind)} of {R} restarts ended with an ELBO more than its noise below the best "
+                f"(gaps up to {np.nanmax(np.where(ok, gap, np.nan)):.3g} nats)"
+            )
+        if rhat_max > 1.05:
+            parts.append(rhat_text.replace("at most", "is"))
+        return Check(
+            "restarts",
+            CARE,
+            "restarts disagree: " + "; ".join(parts) + f"; the best one (restart {best}) is used",
+            "the posterior may have several modes or the fits did not converge: look at the ELBO trace per "
+            "restart, raise max_steps, or check with NUTS (inference.nuts)",
+        )
+    return Check("restarts", RELIABLE, f"{R} restarts agree: final ELBOs within their noise; {rhat_text}".rstrip("; "))
+
+
+# -- stopping and density -------------------------------------------------------------------------
+def check_stopping(stop_reason, num_steps: int, nonfinite_steps: int, num_restarts: int = 1, nonfinite_reason=None) -> Check:
+    """Why the fit stopped, and the steps skipped as non-finite."""
+    total = max(1, num_steps * num_restarts)
+    bad = f"; {nonfinite_steps} of {total} steps were skipped as non-finite" if nonfinite_steps else ""
+    reason = StopReason(stop_reason)
+    if reason == StopReason.NONFINITE:
+        return Check(
+            "stopping",
+            UNRELIABLE,
+            f"the fit stopped because too many steps were non-finite ({nonfinite_reason or 'no site named'})",
+            "give the priors less mass where the model breaks down (huge rates, zero noise) or lower the learning rate",
+        )
+    if reason == StopReason.MAX_STEPS:
+        return Check(
+            "stopping",
+            CARE,
+            f"the ELBO was still moving when the fit reached max_steps={num_steps}{bad}",
+            "raise max_steps or the learning rate",
+        )
+    if reason == StopReason.INTERRUPTED:
+        return Check("stopping", CARE, f"the fit was interrupted after {num_steps} steps{bad}", "run the fit to the end")
+    if nonfinite_steps > 0.01 * total:
+        return Check(
+            "stopping",
+            CARE,
+            f"the ELBO levelled off after {num_steps} steps{bad} ({nonfinite_reason})",
+            "give the priors less mass where the model breaks down, or lower the learning rate",
+        )
+    return Check("stopping", RELIABLE, f"the ELBO levelled off after {num_steps} steps{bad}")
+
+
+def check_density(log_p: np.ndarray) -> Check:
+    """Guide draws at which the model has zero density (for ODE models, failed solves)."""
+    log_p = np.asarray(log_p)
+    n = log_p.size
+    zero = int(np.sum(~np.isfinite(log_p)))
+    frac = zero / max(n, 1)
+    what = f"{zero} of {n} guide draws have zero model density (for an ODE model: the solver failed)"
+    advice = "tighten the priors of the rate constants, use a stiff solver, or raise the solver's max_steps"
+    if frac > 0.1:
+        return Check("density", UNRELIABLE, what, advice)
+    if frac > 0.01:
+        return Check("density", CARE, what, advice)
+    if zero:
+        return Check("density", RELIABLE, what)
+    return Check("density", RELIABLE, f"the model has positive density at all {n} guide draws")
+
+
+# -- everything -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Diagnosis:
+    """A verdict with the draws it was computed from (kept for PSIS resampling)."""
+
+    verdict: Verdict
+    draws: dict = field(repr=False)
+    psis: PsisResult = field(repr=False)
+    shift: dict = field(repr=False)
+
+
+def diagnose(result, num_samples: int = 16000, *, seed: int | None = None, curvature: bool = True) -> Diagnosis:
+    """Run every check on a :class:`FitResult` and combine them into a :class:`Verdict`.
+
+    Parameters
+    ----------
+    result : FitResult
+    num_samples : int
+        Guide draws of the best restart for PSIS (16000 by default: k-hat from fewer draws is noisy).
+    seed : int, optional
+        Seed of the draws; the fit's seed plus two by default.
+    curvature : bool
+        Run the Laplace (curvature) check.
+    """
+    key = jax.random.PRNGKey(result.seed + 2 if seed is None else seed)
+    sampler = result._posterior_sampler()
+    draws = sampler(result.params, key, num_samples)
+    names = [n for n in result.latent_sites if n in draws.latent]
+    latent = {n: draws.latent[n] for n in names}
+    checks = [
+        check_stopping(
+            result.stop_reason,
+            result.num_steps,
+            int(np.sum(result.nonfinite_steps)),
+            result.num_restarts,
+            result.nonfinite_reason,
+        ),
+        check_density(draws.log_p),
+    ]
+    psis_check, weights, shift = check_psis(draws.log_p, draws.log_q, latent, names, result.guide_name)
+    if curvature:
+        finite = np.isfinite(draws.log_p)
+        try:
+            checks.append(
+                check_curvature(
+                    result.model,
+                    {n: v[finite] for n, v in latent.items()},
+                    result.guide_name,
+                    result.model_args,
+                    result.model_kwargs,
+                )
+            )
+        except (ValueError, TypeError, NotImplementedError) as err:
+            checks.append(Check("curvature", RELIABLE, f"curvature check skipped: {err}"))
+    # The curvature check comes before PSIS: it is free of Monte Carlo noise and names the cause.
+    checks.append(psis_check)
+    restart_draws = result.sample_restarts(1000, seed=result.seed + 3) if result.num_restarts > 1 else None
+    checks.append(check_restarts(result.losses, restart_draws))
+    verdict = Verdict.from_checks(checks, khat=weights.khat, khat_draws=int(num_samples), ess=weights.ess)
+    return Diagnosis(verdict=verdict, draws=latent, psis=weights, shift=shift)

@@ -240,6 +240,10 @@ def psis(log_p: np.ndarray, log_q: np.ndarray) -> PsisResult:
     out = np.full(raw.shape, -np.inf)
     if finite.sum() < 10:
         return PsisResult(out, float("inf"), 0.0, int((~finite).sum()))
+    if np.ptp(raw[finite]) < 1e-10:
+        # Equal weights: the guide is the posterior up to a constant (ArviZ's tail fit degenerates).
+        out[finite] = -np.log(finite.sum())
+        return PsisResult(out, 0.0, float(finite.sum()), int((~finite).sum()))
     smoothed, khat = az.psislw(raw[finite])
     out[finite] = smoothed
     w = np.exp(out[finite])

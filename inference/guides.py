@@ -28,7 +28,7 @@ __all__ = ["GUIDES", "make_guide", "guide_name", "SpreadInit"]
 
 
 class SpreadInit:
-    """Initial values for restarts: the prior median, moved part of the way to a prior draw.
+    r"""Initial values for restarts: the prior median, moved part of the way to a prior draw.
 
     For a latent site with support bijection :math:`T`, draws :math:`u_1..u_m` of the prior
     mapped to the unconstrained space by :math:`T^{-1}` and one more independent draw

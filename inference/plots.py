@@ -813,7 +813,9 @@ def plot_psis(idata, *, chain: int | None = None):
 # -- comparison with a reference ----------------------------------------------------------------
 
 
-def plot_comparison(table, *, mean_tol: float = 0.1, sd_tol: float = 0.1):
+def plot_comparison(
+    table, *, mean_tol: float = 0.1, sd_tol: float = 0.1, reference_name: str = "the reference"
+):
     """Plot the standardized mean difference and sd ratio of each parameter against a reference.
 
     Left: ``smd = (mean - ref_mean) / ref_sd`` per parameter, with the band ``±mean_tol``.
@@ -828,6 +830,8 @@ def plot_comparison(table, *, mean_tol: float = 0.1, sd_tol: float = 0.1):
         ``ref_mean``, ``ref_sd`` are not drawn), e.g. ``Comparison.table``.
     mean_tol, sd_tol : float
         Half-widths of the bands.
+    reference_name : str
+        Name of the reference in the title, e.g. ``"NUTS"``.
 
     Returns
     -------
@@ -887,7 +891,7 @@ def plot_comparison(table, *, mean_tol: float = 0.1, sd_tol: float = 0.1):
         ax_s.legend(fontsize="small", loc="best")
         bad = int((~np.isfinite(smd)).sum() + (~(np.isfinite(ratio) & (ratio > 0))).sum())
         note = f" ({bad} non-finite values not drawn)" if bad else ""
-        fig.suptitle(f"Comparison with the reference{note}", fontsize="medium")
+        fig.suptitle(f"Comparison with {reference_name}{note}", fontsize="medium")
         fig.tight_layout()
     except Exception:
         plt.close(fig)

@@ -78,7 +78,7 @@ def synthetic_idata(*, chains: int = 2, draws: int = 300, seed: int = 0, attrs: 
     predictive = curve + sigma[:1, :, None, None, None] * rng.standard_normal(curve.shape)
 
     log_q = -0.5 * rng.standard_normal((chains, draws)) ** 2 + 3.0
-    log_p = log_q + 0.1 * rng.standard_normal((chains, draws)) - 10.0
+    log_p = log_q + 0.5 * rng.standard_normal((chains, draws)) - 10.0
 
     loss = 100.0 * np.exp(-np.arange(200) / 40.0)[None] + 5.0 + rng.standard_normal((chains, 200))
     loss[1] -= 1.0

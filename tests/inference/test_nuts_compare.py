@@ -135,6 +135,30 @@ def test_to_arviz_groups_dims_and_attributes(ref):
     assert "log_likelihood" not in ref.to_arviz(log_likelihood=False).groups()
 
 
+def vector_model(y=None, scale=1.0):
+    loc = numpyro.sample("loc", dist.Normal(jnp.zeros(2), 1.0).to_event(1))
+    numpyro.deterministic("loc_sum", loc.sum())
+    with numpyro.plate("rows", y.shape[0]):
+        numpyro.sample("y", dist.MultivariateNormal(loc, scale * jnp.eye(2)), obs=y)
+
+
+def test_nuts_on_any_model_one_sequential_chain():
+    # A site outside any plate, a deterministic site, a multivariate observed site, model kwargs.
+    y = np.random.default_rng(7).normal(size=(10, 2))
+    r = nuts(vector_model, y=jnp.asarray(y), scale=2.0, num_warmup=100, num_samples=100, num_chains=1,
+             chain_method="sequential", progress=False)
+    assert list(r.samples) == ["loc"] and r.samples["loc"].shape == (1, 100, 2)
+    assert r.model_kwargs["scale"] == 2.0
+    assert r.dims() == {"loc": ["loc_dim_0"], "loc_sum": []}
+    idata = r.to_arviz()
+    np.testing.assert_allclose(idata.posterior["loc_sum"].values, r.samples["loc"].sum(-1))
+    ll = idata.log_likelihood["y"]  # one log density per row of the multivariate site
+    assert ll.shape == (1, 100, 10)
+    loc = r.samples["loc"][0, 5]
+    np.testing.assert_allclose(ll.values[0, 5], dist.MultivariateNormal(loc, 2.0 * jnp.eye(2)).log_prob(y), rtol=1e-10)
+    assert list(compare(r, idata).table.index) == ["loc[0]", "loc[1]", "loc_sum"]
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -240,11 +264,15 @@ def test_var_names_restrict_and_bad_names_are_sentences():
 # -- compare with NUTS and fits -------------------------------------------------------------------
 
 
-def test_nuts_against_its_own_inference_data(ref):
+def test_nuts_against_its_own_inference_data(ref, tmp_path):
     idata = ref.to_arviz()
     c = compare(ref, idata)
     assert (c.table["smd"] == 0).all() and (c.table["sd_ratio"] == 1).all()
     assert c.reference_idata is idata
+    idata.to_netcdf(tmp_path / "nuts.nc")  # a saved reference works the same
+    saved = az.from_netcdf(tmp_path / "nuts.nc")
+    assert saved.posterior.attrs["inference_library"] == "vifit-nuts"
+    assert (compare(ref, saved).table["smd"] == 0).all()
     c = compare(idata, ref)
     assert c.reference_name == f"NUTS ({CHAINS} chains x {DRAWS} draws)"
     assert c.reference_idata.posterior.attrs["inference_library"] == "vifit-nuts"

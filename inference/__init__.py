@@ -5,10 +5,14 @@ from ._jax_setup import setup as _setup
 _setup()
 
 from .arviz_export import to_arviz  # noqa: E402
+from .compare import Comparison, compare  # noqa: E402
+from .diagnostics import Check, Verdict, diagnose  # noqa: E402
 from .fit import fit  # noqa: E402
-from .guides import GUIDES, make_guide  # noqa: E402
+from .guides import GUIDES, SpreadInit, make_guide  # noqa: E402
 from .loop import ChunkInfo, LoopState  # noqa: E402
+from .nuts import NutsResult, nuts  # noqa: E402
 from .objectives import OBJECTIVES, make_objective  # noqa: E402
+from .report import build_report, write_report  # noqa: E402
 from .result import FitResult, Summary, Timings  # noqa: E402
 from .stopping import PlateauRule, StopReason  # noqa: E402
 
@@ -21,9 +25,19 @@ __all__ = [
     "StopReason",
     "GUIDES",
     "make_guide",
+    "SpreadInit",
     "OBJECTIVES",
     "make_objective",
     "LoopState",
     "ChunkInfo",
     "to_arviz",
+    "diagnose",
+    "Verdict",
+    "Check",
+    "nuts",
+    "NutsResult",
+    "compare",
+    "Comparison",
+    "build_report",
+    "write_report",
 ]

@@ -54,8 +54,10 @@ def plate_dims(trace: dict, names) -> dict[str, list[str]]:
         site = trace[name]
         shape = np.shape(site["value"])
         out = [f"{name}_dim_{i}" for i in range(len(shape))]
+        fn = site.get("fn")
+        event_ndim = len(getattr(fn, "event_shape", ())) if fn is not None else 0
         for frame in site.get("cond_indep_stack", ()):
-            axis = len(shape) + frame.dim
+            axis = len(shape) - event_ndim + frame.dim
             if 0 <= axis < len(shape):
                 out[axis] = frame.name
         dims[name] = out
@@ -75,7 +77,8 @@ def observed_values(model, args=(), kwargs=None) -> tuple[dict, dict]:
             value = site["value"]
             fn = site["fn"]
             if isinstance(fn, MaskedDistribution) and not isinstance(fn._mask, bool):
-                value = jax.numpy.where(fn._mask, value, jax.numpy.nan)
+                mask = jax.numpy.reshape(fn._mask, jax.numpy.shape(fn._mask) + (1,) * len(fn.event_shape))
+                value = jax.numpy.where(mask, value, jax.numpy.nan)
             out[name] = value
         return out, tr
 
@@ -84,7 +87,9 @@ def observed_values(model, args=(), kwargs=None) -> tuple[dict, dict]:
 
     def capture():
         out, tr = run()
-        shapes.update({n: {"value": tr[n]["value"], "cond_indep_stack": tr[n]["cond_indep_stack"]} for n in out})
+        shapes.update(
+            {n: {"value": tr[n]["value"], "fn": tr[n]["fn"], "cond_indep_stack": tr[n]["cond_indep_stack"]} for n in out}
+        )
         return out
 
     values = jax.device_get(jax.jit(capture)())

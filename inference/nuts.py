@@ -379,7 +379,8 @@ def nuts(
     model : callable
         A NumPyro model.
     *args, **kwargs
-        Passed to the model.
+        Passed to the model, e.g. ``nuts(model, x, y=y)``. Keyword arguments that are not
+        ``nuts``'s own go to the model.
     num_warmup : int
         Warm-up (adaptation) iterations per chain; they are not kept.
     num_samples : int

@@ -40,8 +40,10 @@ def demo_run(tmp_path_factory):
 def test_demo_writes_every_output(demo_run):
     code, out = demo_run
     assert code == 0
-    for name in ("summary.csv", "posterior.nc", "fit.json", "plots/fit.png", "plots/elbo.png"):
+    for name in ("report.html", "summary.csv", "posterior.nc", "fit.json"):
         assert (out / name).is_file(), name
+    for name in cli.PLOTS:
+        assert (out / "plots" / name).is_file(), name
     record = json.loads((out / "fit.json").read_text())
     assert record["stop_reason"] == "converged"
     assert record["seed"] == 0
@@ -49,6 +51,42 @@ def test_demo_writes_every_output(demo_run):
     assert record["versions"]["numpyro"]
     assert record["job"]["model"]["mechanism"] == "L -> Y : k"
     assert record["diagnostics"]["ode_failed_draws"] == 0
+    assert record["verdict"]["level"] in ("reliable", "use with care", "unreliable")
+    assert record["verdict"]["reason"]
+    assert {c["check"] for c in record["verdict"]["checks"]} == {"stopping", "density", "psis", "curvature", "restarts"}
+
+
+def test_demo_report_has_every_plot_and_the_verdict(demo_run):
+    _, out = demo_run
+    html = (out / "report.html").read_text(encoding="utf-8")
+    record = json.loads((out / "fit.json").read_text())
+    for plot_id in ("plot-fit", "plot-elbo", "plot-marginals", "plot-pair", "plot-psis"):
+        assert f'id="{plot_id}"' in html, plot_id
+    assert 'id="verdict"' in html
+    assert record["verdict"]["level"] in html
+    assert "L -&gt; Y : k" in html  # the mechanism, escaped
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+
+
+def test_report_command_rebuilds_the_report_from_posterior_nc(demo_run, tmp_path, capsys):
+    _, out = demo_run
+    target = tmp_path / "again.html"
+    assert cli.main(["report", str(out / "posterior.nc"), "--out", str(target)]) == 0
+    html = target.read_text(encoding="utf-8")
+    for plot_id in ("plot-fit", "plot-elbo", "plot-marginals", "plot-pair", "plot-psis"):
+        assert f'id="{plot_id}"' in html, plot_id
+    verdict = json.loads((out / "fit.json").read_text())["verdict"]["level"]
+    assert verdict in html and verdict in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("make", ["missing", "not_netcdf"])
+def test_report_command_user_errors_exit_2(tmp_path, capsys, make):
+    path = tmp_path / "posterior.nc"
+    if make == "not_netcdf":
+        path.write_text("not a netCDF file")
+    assert cli.main(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "vifit: error:" in err and "Traceback" not in err
 
 
 def test_demo_k_agrees_with_nonlinear_least_squares(demo_run):
@@ -146,3 +184,33 @@ def test_console_script_exit_code(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("vifit: error:")
+
+
+def test_nuts_check_writes_the_comparison(tmp_path, bench_data):
+    out = tmp_path / "checked"
+    code = cli.main(
+        [
+            "fit",
+            str(bench_data / "a_decay.csv"),
+            "--mechanism",
+            "A -> B : k",
+            "--initial",
+            "A=1",
+            "--nuts",
+            "--no-progress",
+            "--samples",
+            "300",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    for name in ("comparison.csv", "reference.nc", "plots/comparison.png"):
+        assert (out / name).is_file(), name
+    record = json.loads((out / "fit.json").read_text())
+    table = record["nuts_check"]["table"]
+    assert set(table) == {"k", "sigma"}
+    # The full-rank guide's mean of k is within 0.1 NUTS sd of NUTS's (Monte Carlo error about 0.03).
+    assert abs(table["k"]["smd"]) < 0.1
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert 'id="plot-comparison"' in html

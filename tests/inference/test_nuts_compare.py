@@ -145,8 +145,10 @@ def vector_model(y=None, scale=1.0):
 def test_nuts_on_any_model_one_sequential_chain():
     # A site outside any plate, a deterministic site, a multivariate observed site, model kwargs.
     y = np.random.default_rng(7).normal(size=(10, 2))
-    r = nuts(vector_model, y=jnp.asarray(y), scale=2.0, num_warmup=100, num_samples=100, num_chains=1,
-             chain_method="sequential", progress=False)
+    r = nuts(
+        vector_model, y=jnp.asarray(y), scale=2.0, num_warmup=100, num_samples=100, num_chains=1,
+        chain_method="sequential", progress=False,
+    )
     assert list(r.samples) == ["loc"] and r.samples["loc"].shape == (1, 100, 2)
     assert r.model_kwargs["scale"] == 2.0
     assert r.dims() == {"loc": ["loc_dim_0"], "loc_sum": []}
@@ -154,8 +156,8 @@ def test_nuts_on_any_model_one_sequential_chain():
     np.testing.assert_allclose(idata.posterior["loc_sum"].values, r.samples["loc"].sum(-1))
     ll = idata.log_likelihood["y"]  # one log density per row of the multivariate site
     assert ll.shape == (1, 100, 10)
-    loc = r.samples["loc"][0, 5]
-    np.testing.assert_allclose(ll.values[0, 5], dist.MultivariateNormal(loc, 2.0 * jnp.eye(2)).log_prob(y), rtol=1e-10)
+    expected = dist.MultivariateNormal(r.samples["loc"][0, 5], 2.0 * jnp.eye(2)).log_prob(y)
+    np.testing.assert_allclose(ll.values[0, 5], expected, rtol=1e-10)
     assert list(compare(r, idata).table.index) == ["loc[0]", "loc[1]", "loc_sum"]
 
 

@@ -187,6 +187,16 @@ def _kde(x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _draw_density(ax, x, *, color, label, fill: bool, window=None, lw=1.5):
     """Draw a KDE line (and fill) of ``x``, a vertical line when constant; return a legend handle."""
+    scale = 1.0
+    if window is not None:
+        # A wide prior's KDE over all its draws is too coarse on a narrow window: estimate it from
+        # the draws near the window and scale by their share of all draws.
+        finite = x[np.isfinite(x)]
+        width = window[1] - window[0]
+        near = finite[(finite > window[0] - width) & (finite < window[1] + width)]
+        if near.size >= 20 and np.ptp(near) > 0:
+            scale = near.size / finite.size
+            x = near
     dens = _kde(x)
     if dens is None:
         finite = x[np.isfinite(x)]
@@ -194,6 +204,7 @@ def _draw_density(ax, x, *, color, label, fill: bool, window=None, lw=1.5):
             return None
         return ax.axvline(finite[0], color=color, lw=lw, label=label)
     grid, pdf = dens
+    pdf = scale * pdf
     if window is not None:
         # Evaluate on the window (a wide prior's own grid would be too coarse there).
         inner = np.linspace(window[0], window[1], 400)

@@ -57,7 +57,6 @@ img { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
 .badge { display: inline-block; border-radius: 3px; padding: 0 0.4em; font-size: 0.85em;
          font-weight: bold; border: 1px solid; }
 .advice { color: #444; }
-tr.out td { background: #fdecea; }
 """
 
 _SETTINGS = (
@@ -123,9 +122,13 @@ def _figure_html(fig, plot_id: str, alt: str) -> str:
 
 def _plot(plot_id: str, alt: str, draw: Callable, caption: str = "") -> str:
     """Draw a plot into an ``<img>``; a note (and a warning) instead when drawing fails."""
+    plt = plots._pyplot()
+    before = set(plt.get_fignums())
     try:
         fig = draw()
     except Exception as err:  # a report is still useful without one plot
+        for number in set(plt.get_fignums()) - before:
+            plt.close(number)
         warnings.warn(f"report: the {alt} plot could not be drawn: {err}", RuntimeWarning, stacklevel=3)
         return _note(f"The {alt} plot could not be drawn: {err}")
     img = _figure_html(fig, plot_id, alt)
@@ -143,10 +146,16 @@ def _verdict(attrs: dict) -> str:
     parts = [f'<div id="verdict" class="verdict level-{level}">', f"<h3>{_e(verdict)}</h3>"]
     if attrs.get("verdict_reason"):
         parts.append(f"<p>{_e(attrs['verdict_reason'])}</p>")
+    if attrs.get("verdict_advice"):
+        parts.append(f'<p class="advice">Advice: {_e(attrs["verdict_advice"])}</p>')
     if "khat" in attrs:
         draws = f" (from {_fmt(attrs['khat_draws'])} draws)" if "khat_draws" in attrs else ""
+        try:
+            khat = f"{float(attrs['khat']):.2f}"
+        except (TypeError, ValueError):
+            khat = str(attrs["khat"])
         parts.append(
-            f"<p>PSIS k-hat of the guide against the model, best restart: <b>{_e(_fmt(attrs['khat']))}</b>"
+            f"<p>PSIS k-hat of the guide against the model, best restart: <b>{_e(khat)}</b>"
             f"{_e(draws)}; below 0.5 good, 0.5 to 0.7 use with care, above 0.7 unreliable.</p>"
         )
     raw = attrs.get("verdict_checks")
@@ -239,6 +248,8 @@ def _data(idata) -> str:
                 f'<p class="caption">Observed <code>{_e(name)}</code>{_e(unit_note)} per experiment and '
                 "measurement time; blank where a species was not measured.</p>"
             )
+        elif obs.ndim == 0:
+            df = obs.expand_dims("point").to_dataframe(name=str(name)).reset_index(drop=True)
         else:
             df = obs.to_dataframe(name=str(name)).reset_index()
             body.append(f'<p class="caption">Observed <code>{_e(name)}</code>.</p>')
@@ -326,6 +337,14 @@ def _plots(idata, chain: int | None, comparison) -> str:
         )
 
     if _has(idata, "sample_stats") and {"log_p", "log_q"} <= set(idata.sample_stats.data_vars):
+        attrs = idata.posterior.attrs if _has(idata, "posterior") else {}
+        n_draws = idata.sample_stats.sizes.get("draw", 0)
+        differ = ""
+        if "khat_draws" in attrs and int(attrs["khat_draws"]) != n_draws:
+            differ = (
+                f" This k-hat comes from the {n_draws} draws stored in the result, the verdict's from "
+                f"{_fmt(attrs['khat_draws'])} draws, so the two can differ."
+            )
         body.append("<h3>PSIS diagnostic</h3>")
         body.append(
             _plot(
@@ -334,7 +353,7 @@ def _plots(idata, chain: int | None, comparison) -> str:
                 lambda: plots.plot_psis(idata, chain=chain),
                 "Importance weights p/q of the best restart's draws and the Pareto k-hat of their tail "
                 "(Yao et al. 2018): below 0.5 the guide is a good fit, 0.5 to 0.7 use with care, "
-                "above 0.7 unreliable.",
+                "above 0.7 unreliable." + differ,
             )
         )
     else:
@@ -351,17 +370,19 @@ def _comparison(comparison) -> str:
     if table is None or len(table) == 0:
         return _section("comparison", heading, _note("The comparison has no table of parameters."))
     shown = table.copy()
-    if {"smd", "sd_ratio"} <= set(shown.columns):
-        smd = np.asarray(shown["smd"], dtype=float)
-        ratio = np.asarray(shown["sd_ratio"], dtype=float)
-        shown["within tolerance"] = np.where(
-            (np.abs(smd) <= mean_tol) & (np.abs(ratio - 1.0) <= sd_tol), "yes", "no"
-        )
+    if "smd" in shown.columns and "mean_ok" not in shown.columns:
+        shown["mean_ok"] = np.abs(np.asarray(shown["smd"], dtype=float)) <= mean_tol
+    if "sd_ratio" in shown.columns and "sd_ok" not in shown.columns:
+        shown["sd_ok"] = np.abs(np.asarray(shown["sd_ratio"], dtype=float) - 1.0) <= sd_tol
+    for column in ("mean_ok", "sd_ok"):
+        if column in shown.columns:
+            shown[column] = np.where(np.asarray(shown[column], dtype=bool), "yes", "no")
+    shown = shown.reset_index(names=shown.index.name or "parameter")
     caption = (
-        f"smd = (mean - ref_mean) / ref_sd, tolerance ±{mean_tol:g}; sd_ratio = sd / ref_sd, "
-        f"tolerance 1 ± {sd_tol:g}. The reference is {name}."
+        f"smd = (mean - ref_mean) / ref_sd, mean_ok when |smd| <= {mean_tol:g}; "
+        f"sd_ratio = sd / ref_sd, sd_ok when |sd_ratio - 1| <= {sd_tol:g}. The reference is {name}."
     )
-    body = [f'<p class="caption">{_e(caption)}</p>', _table(shown)]
+    body = [f'<p class="caption">{_e(caption)}</p>', _table(shown, index=False)]
     body.append(
         _plot(
             "plot-comparison",

@@ -46,7 +46,7 @@ def visible_axes(fig):
 
 
 def only_figure(fig):
-    """The plot made exactly one figure, the one it returned."""
+    """Check the plot made exactly one figure, the one it returned."""
     assert plt.get_fignums() == [fig.number]
 
 

@@ -47,6 +47,7 @@ FIT_KEYS = (
     "lr",
     "seed",
     "restarts",
+    "restart_spread",
     "min_steps",
     "max_steps",
     "chunk_size",
@@ -64,7 +65,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "mechanism": "L -> Y : k",
     "noise": "normal",
     "initial": {"L": "infer", "Y": 0.0},
-    "fit": {"guide": "multivariate_normal", "seed": 0},
+    "fit": {"guide": "multivariate_normal", "seed": 0, "restarts": 4},
 }
 
 

@@ -16,7 +16,7 @@ def load(name):
 
 
 def test_every_example_is_tested():
-    assert {p.stem for p in EXAMPLES.glob("*.py")} == {"bod", "first_order_decay", "michaelis_menten"}
+    assert {p.stem for p in EXAMPLES.glob("*.py")} == {"bod", "first_order_decay", "michaelis_menten", "verdict"}
 
 
 def test_bod_example():
@@ -33,3 +33,20 @@ def test_michaelis_menten_example_shows_mean_field_shrinkage():
     out = load("michaelis_menten").main(small=True)
     assert out["correlation"] > 0.5
     assert out["normal"] < 0.8 * out["multivariate_normal"]
+
+
+def test_verdict_example_catches_the_mean_field_guide(tmp_path):
+    out = load("verdict").main(small=True, out=tmp_path)
+    assert out["normal"]["level"] == "unreliable"
+    assert "Vmax" in out["normal"]["reason"] and "Km" in out["normal"]["reason"]
+    # What the verdict predicted, measured against NUTS: the mean-field sds are too small (0.2 of
+    # NUTS's when converged; about 0.6 after the short run's 2500 steps).
+    assert out["normal"]["sd_ratio"]["Vmax"] < 0.8
+    full = out["multivariate_normal"]
+    if full["stop_reason"] == "max_steps":
+        # The short run stops the full-rank fit before it converges: the verdict must not call it reliable.
+        assert full["level"] != "reliable"
+    else:
+        assert full["sd_ratio"]["Vmax"] > 0.8
+    html = out["report"].read_text(encoding="utf-8")
+    assert 'id="plot-comparison"' in html and "unreliable" in html

@@ -338,9 +338,9 @@ def _job_from_args(args, job_class):
     extra = {}
     if args.guide:
         extra["guide"] = args.guide
-    if args.max_steps:
+    if args.max_steps is not None:
         extra["max_steps"] = args.max_steps
-    if args.restarts:
+    if args.restarts is not None:
         extra["restarts"] = args.restarts
     if args.stiff:
         config = dict(job.config)

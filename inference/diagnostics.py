@@ -18,9 +18,10 @@ combines five checks, each a :class:`Check` with a level, a sentence and what to
     recover (Vehtari, Simpson, Gelman, Yao & Gabry 2024). :math:`\\hat k` is noisy (from 16000
     draws of one fit it read 0.38 to 0.62, from 4000 draws up to 1.28), so it is estimated from
     16000 draws by default and read together with the *PSIS shift*: how far importance weighting
-    moves each parameter's mean (in guide sds) and sd (as a ratio). Above 0.7 with a shift beyond
-    0.2 sd or 20% the check says *unreliable*; above 0.7 with a small shift, *use with care*
-    (the far tails are off, the bulk is not). ArviZ's :func:`arviz.psislw` does the smoothing.
+    moves each parameter's mean (in guide sds) and sd (as a ratio). At most 0.7 with shifts within
+    0.1 sd and 10%: *reliable*; larger shifts: *use with care* (PSIS-corrected draws fix them).
+    Above 0.7: *unreliable* when a mean moves by more than 0.5 sd or an sd by a factor beyond 1.5,
+    else *use with care* (the tails are off, the bulk is close). ArviZ's :func:`arviz.psislw` does the smoothing.
 ``curvature``
     A Laplace check, independent of Monte Carlo noise: the Hessian :math:`H` of
     :math:`-\\log p(x, u)` in the unconstrained space :math:`u` at the centre of the guide
@@ -87,8 +88,10 @@ LEVELS = (RELIABLE, CARE, UNRELIABLE)
 
 #: k-hat thresholds (Yao et al. 2018): good up to 0.5, usable up to 0.7.
 KHAT_GOOD, KHAT_OK = 0.5, 0.7
-#: A PSIS shift above these is worth a note; above twice these, the guide is off in its bulk.
+#: A PSIS shift within these (mean in sds, relative sd) is small: the guide's bulk is right.
 MEAN_SHIFT, SD_SHIFT = 0.1, 0.1
+#: A PSIS shift beyond these is large: with k-hat above 0.7 the guide is unreliable.
+LARGE_MEAN_SHIFT, LARGE_SD_FACTOR = 0.5, 1.5
 
 
 class Check(NamedTuple):
@@ -301,13 +304,14 @@ def check_psis(log_p, log_q, draws: dict, names=None, guide_name: str = "") -> t
         f"importance weighting moves the mean of {labels[worst]} by {dm[worst]:+.2f} sd and its sd by a "
         f"factor {ratio[worst]:.2f}"
     )
-    big = abs(dm[worst]) > 2 * MEAN_SHIFT or abs(math.log(ratio[worst])) > 2 * math.log1p(SD_SHIFT)
-    if k > KHAT_OK and big:
+    large = abs(dm[worst]) > LARGE_MEAN_SHIFT or abs(math.log(ratio[worst])) > math.log(LARGE_SD_FACTOR)
+    moderate = not _small(dm, ratio)
+    if k > KHAT_OK and large:
         check = Check(
             "psis",
             UNRELIABLE,
-            f"{head} is above {KHAT_OK}: the posterior has mass the guide does not reach, and importance "
-            f"weighting cannot recover it ({move})",
+            f"{head} is above {KHAT_OK}: the posterior has mass the guide does not reach ({move}, and the "
+            "true change is likely larger: reweighting cannot recover what the guide misses)",
             (
                 "use guide='multivariate_normal' (full-rank), and check with NUTS"
                 if _is_mean_field(guide_name)
@@ -316,15 +320,15 @@ def check_psis(log_p, log_q, draws: dict, names=None, guide_name: str = "") -> t
             + " (inference.nuts, or --nuts on the command line)",
         )
     elif k > KHAT_OK:
-        # k-hat alone speaks about the far tails and is noisy; the bulk agrees, so: care, not alarm.
+        # k-hat alone speaks about the far tails and is noisy; the bulk moves little, so: care.
         check = Check(
             "psis",
             CARE,
-            f"{head} is above {KHAT_OK}: the posterior's tails are heavier than the guide's, though {move}; "
-            "means and sds are likely close, tail probabilities less so",
-            "check with NUTS (inference.nuts, or --nuts on the command line) before relying on tail quantities",
+            f"{head} is above {KHAT_OK}: the posterior's tails are heavier than the guide's ({move}); "
+            "central values are likely close, sds and tail probabilities less so",
+            "check with NUTS (inference.nuts, or --nuts on the command line) before relying on intervals",
         )
-    elif big:
+    elif moderate:
         check = Check(
             "psis",
             CARE,
@@ -332,7 +336,7 @@ def check_psis(log_p, log_q, draws: dict, names=None, guide_name: str = "") -> t
             "use the PSIS-corrected draws (result.sample_psis()) or a richer guide",
         )
     else:
-        extra = "; result.sample_psis() gives corrected draws" if (k > KHAT_GOOD or not _small(dm, ratio)) else ""
+        extra = "; result.sample_psis() gives corrected draws" if k > KHAT_GOOD else ""
         check = Check("psis", RELIABLE, f"{head} is at most {KHAT_OK} and {move}{extra}")
     return check, res, shift
 
@@ -501,11 +505,15 @@ def check_restarts(losses: np.ndarray, restart_draws: dict | None = None) -> Che
         rhat_text = f"R-hat across restarts at most {rhat_max:.3f} ({labels[j]})"
     if behind or rhat_max > 1.05:
         parts = []
-        if behind:
+        lost = [r for r in behind if not ok[r]]
+        lower = [r for r in behind if ok[r]]
+        if lower:
             parts.append(
-                f"{len(behind)} of {R} restarts ended with an ELBO more than its noise below the best "
-                f"(gaps up to {np.nanmax(np.where(ok, gap, np.nan)):.3g} nats)"
+                f"{len(lower)} of {R} restarts ended with an ELBO more than its noise below the best "
+                f"(gaps up to {max(gap[r] for r in lower):.3g} nats)"
             )
+        if lost:
+            parts.append(f"{len(lost)} of {R} restarts ended without a finite ELBO")
         if rhat_max > 1.05:
             parts.append(rhat_text.replace("at most", "is"))
         return Check(

@@ -131,6 +131,18 @@ def _scalar_params(ds, var_names: Sequence[str] | None) -> list[_Param]:
     return params
 
 
+def _posterior_params(idata, var_names, chain):
+    """The posterior group, the checked chain and its scalar parameters; sentences for what is missing."""
+    if not _has_group(idata, "posterior"):
+        raise ValueError("this InferenceData has no posterior group: there is nothing to plot.")
+    post = idata.posterior
+    chain = _check_chain(post, chain, "posterior")
+    params = _scalar_params(post, var_names)
+    if not params:
+        raise ValueError("the posterior has no variables to plot; pass var_names naming some.")
+    return post, chain, params
+
+
 def _draws(ds, param: _Param, chain: int | None = None) -> np.ndarray:
     """Return the draws of ``param`` from the group it was listed from, flat over (chain, draw)."""
     da = ds[param.var].isel(param.index)
@@ -518,13 +530,7 @@ def plot_marginals(
     matplotlib.figure.Figure
     """
     plt = _pyplot()
-    if not _has_group(idata, "posterior"):
-        raise ValueError("this InferenceData has no posterior group: there is nothing to plot.")
-    post = idata.posterior
-    chain = _check_chain(post, chain, "posterior")
-    params = _scalar_params(post, var_names)
-    if not params:
-        raise ValueError("the posterior has no variables to plot; pass var_names naming some.")
+    post, chain, params = _posterior_params(idata, var_names, chain)
     shown = params[: max(1, int(max_panels))]
     prior = idata.prior if _has_group(idata, "prior") else None
     fig, axes = _grid(plt, len(shown), ncols=4, width=3.2, height=2.6)
@@ -594,13 +600,7 @@ def plot_pair(
     matplotlib.figure.Figure
     """
     plt = _pyplot()
-    if not _has_group(idata, "posterior"):
-        raise ValueError("this InferenceData has no posterior group: there is nothing to plot.")
-    post = idata.posterior
-    chain = _check_chain(post, chain, "posterior")
-    params = _scalar_params(post, var_names)
-    if not params:
-        raise ValueError("the posterior has no variables to plot; pass var_names naming some.")
+    post, chain, params = _posterior_params(idata, var_names, chain)
     shown = params[: max(1, int(max_vars))]
     ref = None
     if reference is not None:

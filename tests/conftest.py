@@ -77,3 +77,15 @@ def fit_c_mean_field(reference_model):
     from inference import fit
 
     return fit(reference_model("c"), guide="normal", seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    """The module ``tests/inference/_synthetic.py``: hand-built InferenceData following docs/arviz.md."""
+    import importlib.util
+
+    path = ROOT / "tests" / "inference" / "_synthetic.py"
+    spec = importlib.util.spec_from_file_location("_synthetic", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

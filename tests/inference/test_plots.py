@@ -1,8 +1,6 @@
 """Plots of a result: each returns one figure with the expected panels and finite content."""
 
-import importlib.util
 import warnings
-from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -16,20 +14,11 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     import arviz as az
 
-
-def _load_synthetic():
-    spec = importlib.util.spec_from_file_location("_synthetic", Path(__file__).with_name("_synthetic.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-synthetic = _load_synthetic()
 RED = matplotlib.colors.to_rgba(plots._WARN)
 
 
 @pytest.fixture(scope="module")
-def idata():
+def idata(synthetic):
     return synthetic.synthetic_idata()
 
 
@@ -121,7 +110,7 @@ def test_marginals_chain_cap_and_errors(idata):
         plots.plot_marginals(idata, var_names=["nope"])
 
 
-def test_marginals_without_prior():
+def test_marginals_without_prior(synthetic):
     fig = plots.plot_marginals(synthetic.posterior_only())
     axes = visible_axes(fig)
     assert len(axes) == 2 and all(len(ax.lines) == 1 for ax in axes)
@@ -142,7 +131,7 @@ def test_pair_lower_triangle_of_scalar_parameters(idata):
     assert "first 2 of 4" in fig.get_suptitle()
 
 
-def test_pair_overlays_the_reference(idata):
+def test_pair_overlays_the_reference(idata, synthetic):
     reference = synthetic.synthetic_idata(seed=5, chains=4, draws=200)
     fig = plots.plot_pair(idata, var_names=["k", "sigma"], reference=reference, reference_label="NUTS")
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
@@ -197,7 +186,7 @@ def test_psis_replaces_nonfinite_log_weights():
         plots.plot_psis_weights(np.full(10, -np.inf))
 
 
-def test_psis_needs_sample_stats():
+def test_psis_needs_sample_stats(synthetic):
     with pytest.raises(ValueError, match="no sample_stats log_p and log_q"):
         plots.plot_psis(synthetic.posterior_only())
     assert plt.get_fignums() == []
@@ -258,7 +247,7 @@ def test_fit_from_idata_one_panel_per_experiment(idata):
             assert np.isfinite(line.get_ydata()).all()
 
 
-def test_fit_from_idata_without_units_or_predictions(idata):
+def test_fit_from_idata_without_units_or_predictions(idata, synthetic):
     bare = idata.copy()
     bare.posterior.attrs.pop("time_unit")
     fig = plots.plot_fit_from_idata(bare)

@@ -2,10 +2,8 @@
 
 import base64
 import html
-import importlib.util
 import re
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
@@ -19,15 +17,6 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     import arviz as az
 
-
-def _load_synthetic():
-    spec = importlib.util.spec_from_file_location("_synthetic", Path(__file__).with_name("_synthetic.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-synthetic = _load_synthetic()
 PLOT_IDS = ["plot-fit", "plot-elbo", "plot-marginals", "plot-pair", "plot-psis", "plot-comparison"]
 MECHANISM = "A -> B : k\nB <-> C : kf, kb  # <script>alert(1)</script> & more"
 
@@ -50,12 +39,12 @@ def comparison(reference):
 
 
 @pytest.fixture(scope="module")
-def idata():
+def idata(synthetic):
     return synthetic.synthetic_idata(attrs={"mechanism": MECHANISM})
 
 
 @pytest.fixture(scope="module")
-def page(idata):
+def page(idata, synthetic):
     """Build the full report with a comparison once (about a second)."""
     plt.close("all")
     with warnings.catch_warnings():
@@ -77,7 +66,7 @@ def test_every_plot_is_an_inline_png(page):
     assert len(page) < 3_000_000
 
 
-def test_verdict_box(page, idata):
+def test_verdict_box(page, idata, synthetic):
     box = re.search(r'<div id="verdict" class="verdict level-care">(.*?)</div>', page, re.S)
     assert box, "the verdict box with the amber level class"
     box = box.group(1)
@@ -89,7 +78,7 @@ def test_verdict_box(page, idata):
 
 
 @pytest.mark.parametrize("verdict, level", [("reliable", "reliable"), ("unreliable", "unreliable")])
-def test_verdict_level_colours(verdict, level):
+def test_verdict_level_colours(verdict, level, synthetic):
     attrs = {"verdict": verdict, "verdict_checks": "[]"}
     idata = synthetic.posterior_only()
     idata.posterior.attrs.update(attrs)
@@ -117,7 +106,7 @@ def test_self_contained(page):
         assert href.startswith("#")
 
 
-def test_text_is_escaped(page):
+def test_text_is_escaped(page, synthetic):
     assert html.escape(MECHANISM) in page
     assert "<script>alert" not in page
     text = build_report(synthetic.posterior_only(), title="k < 1 & <b>bold</b>")
@@ -152,7 +141,7 @@ def test_settings_and_comparison(page):
     ]
 
 
-def test_posterior_only_omits_sections_cleanly():
+def test_posterior_only_omits_sections_cleanly(synthetic):
     plt.close("all")
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
@@ -182,7 +171,7 @@ def test_a_failing_plot_becomes_a_note(idata):
     assert plt.get_fignums() == []
 
 
-def test_write_report_round_trip(tmp_path, idata):
+def test_write_report_round_trip(tmp_path, idata, synthetic):
     path = write_report(tmp_path / "out" / "report.html", idata, title="Kinetik – Ω")
     assert path == tmp_path / "out" / "report.html"
     assert [p.name for p in path.parent.iterdir()] == ["report.html"]  # no temporary file left

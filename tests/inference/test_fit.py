@@ -142,3 +142,15 @@ def test_posterior_has_plate_dimension_names():
     assert idata.posterior["theta"].dims == ("chain", "draw", "group")
     assert idata.observed_data["y"].dims == ("group",)
     assert idata.posterior.attrs["guide"] == "normal"
+
+
+def test_method_nuts_runs_the_reference_sampler():
+    from inference import NutsResult
+
+    ref = fit(conjugate, Y, method="nuts", num_warmup=200, num_samples=200, num_chains=2, progress=False)
+    assert isinstance(ref, NutsResult) and ref.method == "nuts"
+    mean, sd = exact_posterior(Y)
+    # 400 draws with ESS of a few hundred: the mean is within 4 se = 4 sd / sqrt(ESS) of the exact one.
+    assert abs(ref.samples["mu"].mean() - mean) < 4 * sd / np.sqrt(150)
+    with pytest.raises(ValueError, match="method"):
+        fit(conjugate, Y, method="laplace")

@@ -36,7 +36,7 @@ _POSTERIOR = "C0"
 _REFERENCE = "C1"
 _PRIOR = "0.55"
 _WARN = "#d62728"
-_ZONES = (("good", "#d9f0d3"), ("use with care", "#fee08b"), ("unreliable", "#f4a582"))
+_ZONES = (("good", "#d9f0d3"), ("usable", "#fee08b"), ("tails missed", "#f4a582"))
 
 
 def _pyplot():
@@ -696,7 +696,8 @@ def plot_psis_weights(log_weights: np.ndarray, *, title: str = "PSIS diagnostic"
     PSIS (:func:`arviz.psislw`). Left: the normalized weights sorted from largest, raw (grey) and
     smoothed (coloured), on log-log axes, against the level ``1/N`` of equal weights; a few draws
     far above it carry the estimate. Right: the Pareto shape estimate k-hat against the zones of
-    Yao et al. (2018): below 0.5 good, 0.5-0.7 use with care, above 0.7 unreliable. The
+    Yao et al. (2018): below 0.5 good, 0.5-0.7 usable (importance weighting can correct the guide),
+    above 0.7 the guide misses posterior mass in the tails (the verdict reads k-hat with the PSIS shift). The
     annotation gives the importance-sampling effective sample size ``1 / sum(w^2)``.
 
     Non-finite log weights (a draw the model gives zero density, e.g. a failed ODE solve) are set to

@@ -156,7 +156,8 @@ def _verdict(attrs: dict) -> str:
             khat = str(attrs["khat"])
         parts.append(
             f"<p>PSIS k-hat of the guide against the model, best restart: <b>{_e(khat)}</b>"
-            f"{_e(draws)}; below 0.5 good, 0.5 to 0.7 use with care, above 0.7 unreliable.</p>"
+            f"{_e(draws)}; below 0.5 good, 0.5 to 0.7 usable, above 0.7 the guide misses posterior mass in "
+            "the tails (the verdict weighs it with how far reweighting moves the means and sds).</p>"
         )
     raw = attrs.get("verdict_checks")
     if raw is not None:
@@ -352,8 +353,8 @@ def _plots(idata, chain: int | None, comparison) -> str:
                 "PSIS diagnostic",
                 lambda: plots.plot_psis(idata, chain=chain),
                 "Importance weights p/q of the best restart's draws and the Pareto k-hat of their tail "
-                "(Yao et al. 2018): below 0.5 the guide is a good fit, 0.5 to 0.7 use with care, "
-                "above 0.7 unreliable." + differ,
+                "(Yao et al. 2018): below 0.5 the guide is a good fit, 0.5 to 0.7 usable, above 0.7 the "
+                "guide misses posterior mass in the tails." + differ,
             )
         )
     else:

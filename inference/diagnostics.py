@@ -427,7 +427,7 @@ def check_curvature(model, draws: dict, guide_name: str, args=(), kwargs=None, *
     advice = (
         "use guide='multivariate_normal' (full-rank), which represents correlations"
         if _is_mean_field(guide_name) and partner
-        else "check with NUTS (inference.nuts) or try a richer guide"
+        else "check with NUTS (inference.nuts, or --nuts on the command line)"
     )
     if ratio[i] < 0.5:
         return Check("curvature", UNRELIABLE, narrow + partner, advice)

@@ -39,6 +39,7 @@ from .guides import SpreadInit, guide_name, make_guide
 from .loop import explain_nonfinite, init_state, make_chunk
 from .objectives import make_objective
 from .result import FitResult, Timings
+from .schedules import check_schedules
 from .stopping import PlateauRule, StopReason
 
 __all__ = ["fit"]
@@ -80,6 +81,7 @@ def fit(
     nonfinite_limit: float = 0.1,
     init_scale: float = 0.1,
     restart_spread: float = 0.5,
+    schedules: dict | None = None,
     progress: bool = True,
     method: str = "svi",
     **kwargs: Any,
@@ -124,6 +126,11 @@ def fit(
     restart_spread : float
         How far restarts after the first start from the prior median, as a fraction of the way
         to a random prior draw in unconstrained space (:class:`inference.guides.SpreadInit`).
+    schedules : dict, optional
+        Keyword arguments of the model and guide that change with the step: ``{name: fn}``
+        with ``fn(step) -> value`` (see :mod:`inference.schedules`, e.g. an annealed
+        Gumbel-softmax temperature). The result keeps the value at the last step in
+        ``model_kwargs``.
     progress : bool
         Show a progress bar with the current ELBO.
     method : str
@@ -164,6 +171,8 @@ def fit(
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if not (0 <= nonfinite_limit <= 1):
         raise ValueError(f"nonfinite_limit is a fraction of steps in [0, 1], got {nonfinite_limit!r}")
+    schedules = check_schedules(schedules, kwargs)
+    init_kwargs = dict(kwargs, **{name: fn(0) for name, fn in schedules.items()})
     rule = stopping or PlateauRule()
     if min_steps is not None or max_steps is not None:
         from dataclasses import replace
@@ -185,14 +194,14 @@ def fit(
     def init_one(key, spread):
         if isinstance(init_fn, SpreadInit):
             with init_fn.spread(spread):
-                return init_state(svi, key, args, kwargs)
-        return init_state(svi, key, args, kwargs)
+                return init_state(svi, key, args, init_kwargs)
+        return init_state(svi, key, args, init_kwargs)
 
     state = jax.jit(jax.vmap(init_one))(keys, spreads)
     state = jax.block_until_ready(state)
     t_init = time.perf_counter()
 
-    chunk = jax.jit(jax.vmap(make_chunk(svi, chunk_size, args, kwargs)))
+    chunk = jax.jit(jax.vmap(make_chunk(svi, chunk_size, args, kwargs, schedules)))
     compiled = chunk.lower(state).compile()
     t_compiled = time.perf_counter()
 
@@ -230,6 +239,8 @@ def fit(
 
     trace = np.concatenate(losses, axis=1) if losses else np.zeros((restarts, 0))
     steps = trace.shape[1]
+    # The model as it is at the end of the optimization (scheduled keywords at their last value).
+    kwargs = dict(kwargs, **{name: jnp.asarray(fn(max(steps - 1, 0))) for name, fn in schedules.items()})
     # Iterate averaging over the final window: the mean of the stationary phase of Adam is a
     # lower-variance estimate of the optimum than the last iterate.
     n_avg = max(1, min(len(recent_means), math.ceil(rule.window_length(steps) / chunk_size)))
@@ -263,6 +274,7 @@ def fit(
         "chunk_size": chunk_size,
         "init_scale": init_scale,
         "restart_spread": restart_spread,
+        "schedules": {name: repr(fn) for name, fn in schedules.items()},
         "nonfinite_limit": nonfinite_limit,
         "stopping": {k: getattr(rule, k) for k in rule.__dataclass_fields__},
         "averaged_steps": int(min(steps, n_avg * chunk_size)),

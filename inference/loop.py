@@ -63,16 +63,21 @@ def init_state(svi: SVI, rng_key, args=(), kwargs=None) -> LoopState:
     return LoopState(svi_state, svi_state, jnp.zeros((), jnp.int32))
 
 
-def make_chunk(svi: SVI, chunk_size: int, args=(), kwargs=None):
+def make_chunk(svi: SVI, chunk_size: int, args=(), kwargs=None, schedules=None):
     """Return ``chunk(state) -> (state, ChunkInfo)`` running ``chunk_size`` steps.
 
+    ``schedules`` maps keyword names to functions of the step number (see
+    :mod:`inference.schedules`); their values are passed to the model and guide at each step.
     The function is pure; the caller jits (and vmaps over restarts) it.
     """
     kwargs = kwargs or {}
+    schedules = schedules or {}
 
     def step(carry, _):
         state, param_sum = carry
-        new_svi_state, loss = svi.stable_update(state.svi_state, *args, **kwargs)
+        i = state.svi_state.optim_state[0]
+        step_kwargs = dict(kwargs, **{name: fn(i) for name, fn in schedules.items()})
+        new_svi_state, loss = svi.stable_update(state.svi_state, *args, **step_kwargs)
         bad = ~jnp.isfinite(loss)
         bad_state = jax.tree.map(lambda old, cur: jnp.where(bad, cur, old), state.bad_state, state.svi_state)
         params = svi.optim.get_params(new_svi_state.optim_state)

@@ -154,3 +154,27 @@ def test_method_nuts_runs_the_reference_sampler():
     assert abs(ref.samples["mu"].mean() - mean) < 4 * sd / np.sqrt(150)
     with pytest.raises(ValueError, match="method"):
         fit(conjugate, Y, method="laplace")
+
+
+def noisy_point(y, noise=None):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    numpyro.sample("y", dist.Normal(mu, noise), obs=y)
+
+
+def test_schedules_pass_a_keyword_that_changes_with_the_step():
+    from inference.schedules import exponential_anneal, linear_anneal
+
+    anneal = exponential_anneal(1.0, 0.1, 400)
+    assert float(anneal(0)) == pytest.approx(1.0) and float(anneal(400)) == pytest.approx(0.1)
+    assert float(anneal(10_000)) == pytest.approx(0.1) and float(anneal(200)) == pytest.approx(0.1**0.5)
+    assert float(linear_anneal(0.0, 1.0, 100)(50)) == pytest.approx(0.5)
+    r = fit(
+        noisy_point, jnp.array(0.5), schedules={"noise": anneal}, min_steps=1500, seed=0, progress=False
+    )
+    assert float(r.model_kwargs["noise"]) == pytest.approx(0.1)
+    # The posterior of the final model: precision 1 + 1/0.1^2, so mean 0.5 * 100/101 and sd 1/sqrt(101).
+    draws = r.sample(4000)["mu"]
+    assert draws.std() == pytest.approx(101**-0.5, rel=0.1)
+    assert draws.mean() == pytest.approx(0.5 * 100 / 101, abs=0.02)
+    with pytest.raises(ValueError, match="once"):
+        fit(noisy_point, jnp.array(0.5), noise=1.0, schedules={"noise": anneal}, progress=False)

@@ -14,6 +14,7 @@ from .nuts import NutsResult, nuts  # noqa: E402
 from .objectives import OBJECTIVES, make_objective  # noqa: E402
 from .report import build_report, write_report  # noqa: E402
 from .result import FitResult, Summary, Timings  # noqa: E402
+from .schedules import exponential_anneal, linear_anneal  # noqa: E402
 from .stopping import PlateauRule, StopReason  # noqa: E402
 
 __all__ = [
@@ -40,4 +41,6 @@ __all__ = [
     "Comparison",
     "build_report",
     "write_report",
+    "exponential_anneal",
+    "linear_anneal",
 ]

@@ -5,3 +5,5 @@ import jax as _jax
 # Kinetics is solved in double precision; single precision loses rate constants in
 # the rounding of stiff or slow reactions.
 _jax.config.update("jax_enable_x64", True)
+
+from .relaxed import RelaxedOneHotCategorical, RelaxedOneHotCategoricalStraightThrough  # noqa: E402, F401

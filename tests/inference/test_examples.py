@@ -16,7 +16,16 @@ def load(name):
 
 
 def test_every_example_is_tested():
-    assert {p.stem for p in EXAMPLES.glob("*.py")} == {"bod", "first_order_decay", "michaelis_menten", "verdict"}
+    assert {p.stem for p in EXAMPLES.glob("*.py")} == {
+        "bod",
+        "first_order_decay",
+        "michaelis_menten",
+        "verdict",
+        "gradient_estimators",
+        # run by their own test files at small size:
+        "mixture_gumbel_softmax",  # tests/vi_models/test_relaxed.py
+        "reactor_decision",  # tests/inference/test_decisions.py
+    }
 
 
 def test_bod_example():
@@ -50,3 +59,18 @@ def test_verdict_example_catches_the_mean_field_guide(tmp_path):
         assert full["sd_ratio"]["Vmax"] > 0.8
     html = out["report"].read_text(encoding="utf-8")
     assert 'id="plot-comparison"' in html and "unreliable" in html
+
+
+def test_gradient_estimators_example_matches_the_closed_forms():
+    out = load("gradient_estimators").main(small=True)
+    for row in out["closed_forms"]:
+        if row["f"] == "3 z":
+            assert row["pathwise_var"] == 0.0
+            # Score-function variance 9 (mu^2 + 2 sigma^2) / sigma^2; relative error of a variance
+            # from 2000 draws is a few percent (heavier tails at small sigma): 20% is 4-5 se.
+            assert row["score_var"] == pytest.approx(row["score_formula"], rel=0.2)
+        else:
+            assert row["pathwise_var"] == pytest.approx(row["pathwise_formula"], rel=0.15)
+    score = [r["score_var"] for r in out["closed_forms"] if r["f"] == "z^2"]
+    assert score[0] < score[1] < score[2]  # grows as sigma -> 0
+    assert out["kinetics"].median_score_ratio > 100

@@ -8,6 +8,8 @@ from .arviz_export import to_arviz  # noqa: E402
 from .compare import Comparison, compare  # noqa: E402
 from .diagnostics import Check, Verdict, diagnose  # noqa: E402
 from .fit import fit  # noqa: E402
+from .decisions import DecisionResult, expected_value, optimize_expectation  # noqa: E402
+from .gradients import GradientReport, gradient_variance  # noqa: E402
 from .guides import GUIDES, SpreadInit, make_guide  # noqa: E402
 from .loop import ChunkInfo, LoopState  # noqa: E402
 from .nuts import NutsResult, nuts  # noqa: E402
@@ -43,4 +45,9 @@ __all__ = [
     "write_report",
     "exponential_anneal",
     "linear_anneal",
+    "gradient_variance",
+    "GradientReport",
+    "optimize_expectation",
+    "expected_value",
+    "DecisionResult",
 ]

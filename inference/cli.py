@@ -253,7 +253,10 @@ def _report(source: Path, out: Path | None, reference: Path | None) -> int:
     reference = reference if reference is not None else source.with_name("reference.nc")
     comparison = None
     if reference.is_file():
-        comparison = compare(idata, load(reference, "the reference"))
+        try:
+            comparison = compare(idata, load(reference, "the reference"))
+        except ValueError as err:
+            raise UserError(f"{str(reference)!r} cannot be compared with {str(source)!r}: {err}") from err
     out = out or source.with_name("report.html")
     if "optimization" in idata.groups():
         best = int(idata.posterior.attrs.get("best_restart", 0))

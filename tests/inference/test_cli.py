@@ -214,3 +214,15 @@ def test_nuts_check_writes_the_comparison(tmp_path, bench_data):
     assert abs(table["k"]["smd"]) < 0.1
     html = (out / "report.html").read_text(encoding="utf-8")
     assert 'id="plot-comparison"' in html
+
+
+def test_report_with_a_reference_of_other_parameters_exits_2(demo_run, tmp_path, capsys):
+    import arviz as az
+
+    _, out = demo_run
+    ref = tmp_path / "other.nc"
+    az.from_dict(posterior={"zzz": np.zeros((1, 10))}).to_netcdf(str(ref))
+    code = cli.main(["report", str(out / "posterior.nc"), "--out", str(tmp_path / "r.html"), "--reference", str(ref)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot be compared" in err and "Traceback" not in err

@@ -1,8 +1,6 @@
 """optimize_expectation and expected_value: known optima, bounds, sources of draws, errors, the reactor example."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +12,6 @@ import pytest
 from inference import fit
 from inference.decisions import DecisionResult, expected_value, optimize_expectation
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 M, S, N = 1.5, 0.7, 4000
 THETA = {"theta": np.random.default_rng(0).normal(M, S, N)}
 
@@ -220,14 +217,8 @@ def test_bad_input_is_a_sentence(kwargs, match):
 # -- the reactor example ---------------------------------------------------------------------------
 
 
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-def test_reactor_decision_example_gradient_matches_grid():
+def test_reactor_decision_example_gradient_matches_grid(load_example):
     example = load_example("reactor_decision")
     out = example.main(small=True)
     # The issue's test: the gradient optimum is within one grid step of the grid optimum.

@@ -1,18 +1,11 @@
 """Every example runs at small size and gives a sensible answer."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_every_example_is_tested():
@@ -28,24 +21,24 @@ def test_every_example_is_tested():
     }
 
 
-def test_bod_example():
-    out = load("bod").main(small=True)
+def test_bod_example(load_example):
+    out = load_example("bod").main(small=True)
     assert 0.2 < out["k"][0] < 1.0 and 15 < out["L0"][0] < 25
 
 
-def test_first_order_decay_example():
-    mean, sd = load("first_order_decay").main(small=True)["k"]
+def test_first_order_decay_example(load_example):
+    mean, sd = load_example("first_order_decay").main(small=True)["k"]
     assert abs(mean - 0.35) < 4 * sd
 
 
-def test_michaelis_menten_example_shows_mean_field_shrinkage():
-    out = load("michaelis_menten").main(small=True)
+def test_michaelis_menten_example_shows_mean_field_shrinkage(load_example):
+    out = load_example("michaelis_menten").main(small=True)
     assert out["correlation"] > 0.5
     assert out["normal"] < 0.8 * out["multivariate_normal"]
 
 
-def test_verdict_example_catches_the_mean_field_guide(tmp_path):
-    out = load("verdict").main(small=True, out=tmp_path)
+def test_verdict_example_catches_the_mean_field_guide(tmp_path, load_example):
+    out = load_example("verdict").main(small=True, out=tmp_path)
     assert out["normal"]["level"] == "unreliable"
     assert "Vmax" in out["normal"]["reason"] and "Km" in out["normal"]["reason"]
     # What the verdict predicted, measured against NUTS: the mean-field sds are too small (0.2 of
@@ -61,8 +54,8 @@ def test_verdict_example_catches_the_mean_field_guide(tmp_path):
     assert 'id="plot-comparison"' in html and "unreliable" in html
 
 
-def test_gradient_estimators_example_matches_the_closed_forms():
-    out = load("gradient_estimators").main(small=True)
+def test_gradient_estimators_example_matches_the_closed_forms(load_example):
+    out = load_example("gradient_estimators").main(small=True)
     for row in out["closed_forms"]:
         if row["f"] == "3 z":
             assert row["pathwise_var"] == 0.0

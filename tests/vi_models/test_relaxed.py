@@ -4,10 +4,8 @@ Exact identities are checked at tight tolerance; Monte Carlo checks at about 5 s
 (stated at each), with fixed seeds so that a failure reproduces.
 """
 
-import importlib.util
 import math
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +17,6 @@ from scipy import integrate, stats
 
 from vi_models import RelaxedOneHotCategorical, RelaxedOneHotCategoricalStraightThrough
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PROBS3 = jnp.array([0.2, 0.5, 0.3])
 
 
@@ -295,14 +292,8 @@ def test_errors_are_sentences(kwargs, message):
 
 
 # -- the example -------------------------------------------------------------------------------------
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-def test_mixture_gumbel_softmax_example():
+def test_mixture_gumbel_softmax_example(load_example):
     out = load_example("mixture_gumbel_softmax").main(small=True)
     st = out["straight_through"]
     assert st["accuracy"] > 0.9

@@ -150,9 +150,13 @@ def _optimization_dataset(result):
     import xarray as xr
 
     data = {"loss": (("chain", "step"), np.asarray(result.losses, dtype=float))}
-    for name, value in result.restart_params.items():
-        value = np.asarray(value)
-        data[name] = (["chain"] + [f"{name}_dim_{i}" for i in range(value.ndim - 1)], value)
+    for name, tree in result.restart_params.items():
+        # Network parameters of flow guides are nested; each leaf becomes a variable of its own.
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        for path, value in leaves:
+            label = name + "".join(f"_{getattr(p, 'idx', getattr(p, 'key', p))}" for p in path)
+            value = np.asarray(value)
+            data[label] = (["chain"] + [f"{label}_dim_{i}" for i in range(value.ndim - 1)], value)
     ds = xr.Dataset(data)
     return ds.assign_coords(chain=np.arange(result.num_restarts), step=np.arange(1, result.num_steps + 1))
 

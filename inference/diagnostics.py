@@ -584,6 +584,8 @@ class Diagnosis:
     draws: dict = field(repr=False)
     psis: PsisResult = field(repr=False)
     shift: dict = field(repr=False)
+    elbo: float = float("nan")
+    elbo_se: float = float("nan")
 
 
 def diagnose(result, num_samples: int = 16000, *, seed: int | None = None, curvature: bool = True) -> Diagnosis:
@@ -614,6 +616,15 @@ def diagnose(result, num_samples: int = 16000, *, seed: int | None = None, curva
         ),
         check_density(draws.log_p),
     ]
+    if result.guide_name == "delta":
+        checks.append(
+            Check(
+                "spread",
+                UNRELIABLE,
+                "the guide is a point estimate (MAP): it carries no posterior uncertainty",
+                "use guide='laplace' for a Gaussian around this point, or guide='auto'",
+            )
+        )
     psis_check, weights, shift = check_psis(draws.log_p, draws.log_q, latent, names, result.guide_name)
     if curvature:
         finite = np.isfinite(draws.log_p)
@@ -633,5 +644,10 @@ def diagnose(result, num_samples: int = 16000, *, seed: int | None = None, curva
     checks.append(psis_check)
     restart_draws = result.sample_restarts(1000, seed=result.seed + 3) if result.num_restarts > 1 else None
     checks.append(check_restarts(result.losses, restart_draws))
+    checks.extend(getattr(result, "extra_checks", ()))
     verdict = Verdict.from_checks(checks, khat=weights.khat, khat_draws=int(num_samples), ess=weights.ess)
-    return Diagnosis(verdict=verdict, draws=latent, psis=weights, shift=shift)
+    with np.errstate(invalid="ignore"):
+        log_w = np.asarray(draws.log_p, dtype=float) - np.asarray(draws.log_q, dtype=float)
+    elbo = float(np.mean(log_w)) if np.all(np.isfinite(log_w)) else float("-inf")
+    elbo_se = float(np.std(log_w) / np.sqrt(log_w.size)) if math.isfinite(elbo) else float("nan")
+    return Diagnosis(verdict=verdict, draws=latent, psis=weights, shift=shift, elbo=elbo, elbo_se=elbo_se)

@@ -57,9 +57,9 @@ class ChunkInfo(NamedTuple):
     mean_params: Any
 
 
-def init_state(svi: SVI, rng_key, args=(), kwargs=None) -> LoopState:
-    """Initialize one restart: ``svi.init`` plus empty non-finite bookkeeping."""
-    svi_state = svi.init(rng_key, *args, **(kwargs or {}))
+def init_state(svi: SVI, rng_key, args=(), kwargs=None, init_params=None) -> LoopState:
+    """Initialize one restart: ``svi.init`` (from ``init_params`` where given) plus empty non-finite bookkeeping."""
+    svi_state = svi.init(rng_key, *args, init_params=init_params, **(kwargs or {}))
     return LoopState(svi_state, svi_state, jnp.zeros((), jnp.int32))
 
 

@@ -51,6 +51,8 @@ class Summary:
         Sentences about the fit a reader should see (skipped steps, failures).
     verdict : Verdict or None
         Whether to trust the posterior (see :mod:`inference.diagnostics`).
+    attempts : tuple of inference.auto.Attempt
+        With ``guide="auto"``: every guide tried and why the search moved on.
     """
 
     table: Any
@@ -61,13 +63,19 @@ class Summary:
     elbo: float
     notes: tuple[str, ...] = ()
     verdict: Any = None
+    attempts: tuple = ()
 
     def __str__(self) -> str:
         head = (
             f"guide: {self.guide} | objective: {self.objective} | stopped: {self.stop_reason} after "
             f"{self.num_steps} steps | ELBO {self.elbo:.3f}"
         )
-        lines = [head, "", self.table.to_string(float_format=lambda v: f"{v:.4g}")]
+        lines = [head]
+        if self.attempts:
+            lines += ["", "guide='auto' tried:"] + [
+                f"  {a.guide}: {a.outcome} [{a.level}; {a.num_steps} steps, {a.seconds:.1f} s]" for a in self.attempts
+            ]
+        lines += ["", self.table.to_string(float_format=lambda v: f"{v:.4g}")]
         lines += [""] + [f"note: {n}" for n in self.notes] if self.notes else []
         if self.verdict is not None:
             lines += ["", str(self.verdict)]
@@ -108,6 +116,12 @@ class FitResult:
     seed : int
     settings : dict
         The settings of the fit (plain data, for ``fit.json``).
+    attempts : tuple of inference.auto.Attempt
+        With ``guide="auto"``: every guide tried, in order (the MAP stage first), with its
+        verdict and why the search moved on. Empty for a named guide.
+    extra_checks : tuple of Check
+        Checks computed while fitting that the verdict includes (``guide="auto"``: whether the
+        MAP starts found separate optima).
     """
 
     model: Any
@@ -127,6 +141,8 @@ class FitResult:
     timings: Timings
     seed: int
     settings: dict
+    attempts: tuple = ()
+    extra_checks: tuple = ()
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -264,13 +280,14 @@ class FitResult:
             table = az.summary(posterior, kind="stats", hdi_prob=0.94, var_names=list(self.latent_sites))
             self._cache[key] = Summary(
                 table=table,
-                guide=self.guide_name,
+                guide=self.guide_name + (" (auto)" if self.attempts else ""),
                 objective=self.objective_name,
                 stop_reason=str(self.stop_reason),
                 num_steps=self.num_steps,
                 elbo=self.elbo,
                 notes=tuple(self.notes()),
                 verdict=self.verdict() if verdict else None,
+                attempts=tuple(self.attempts),
             )
         return self._cache[key]
 

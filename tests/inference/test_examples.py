@@ -15,6 +15,7 @@ def test_every_example_is_tested():
         "michaelis_menten",
         "verdict",
         "gradient_estimators",
+        "choosing_a_guide",
         # run by their own test files at small size:
         "mixture_gumbel_softmax",  # tests/vi_models/test_relaxed.py
         "reactor_decision",  # tests/inference/test_decisions.py
@@ -67,3 +68,14 @@ def test_gradient_estimators_example_matches_the_closed_forms(load_example):
     score = [r["score_var"] for r in out["closed_forms"] if r["f"] == "z^2"]
     assert score[0] < score[1] < score[2]  # grows as sigma -> 0
     assert out["kinetics"].median_score_ratio > 100
+
+
+def test_choosing_a_guide_example_records_the_search(load_example):
+    out = load_example("choosing_a_guide").main(small=True)
+    guides = [a[0] for a in out["attempts"]]
+    assert guides[0] == "laplace" and guides[1] == "multivariate_normal"
+    assert out["chosen"] in guides[1:]
+    assert abs(out["mean"]["Vmax"] - 1.213) < 0.02 and abs(out["mean"]["Km"] - 2.62) < 0.12  # NUTS: sds 0.018, 0.12
+    # auto's sds against NUTS's (0.0183, 0.118); the mean-field sds are about 5x too small.
+    assert 0.8 < out["sd"]["auto"]["Vmax"] / 0.0183 < 1.2
+    assert out["sd"]["normal"]["Vmax"] < 0.5 * out["sd"]["auto"]["Vmax"]

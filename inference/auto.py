@@ -1,0 +1,379 @@
+"""``guide="auto"``: a robust start, the guide chosen by model size, escalation while the verdict is poor.
+
+What :func:`fit_auto` does, in order:
+
+1. **Robust start (MAP stage).** The Laplace guide is fitted from several starting points at
+   once (``map_starts``, vectorized): the first at the prior median, the others spread around
+   it (:class:`inference.guides.SpreadInit`); where the model offers data-informed starting
+   values (a kinetics model's ``initial_values()``: initial concentrations read off the data),
+   every start is centred on those instead. The objective is the log joint density in the
+   unconstrained space, which is deterministic, so these fits are cheap (one particle). The
+   start with the highest log density wins; its Laplace approximation (MAP and inverse
+   Hessian) is where the variational fits begin, so they start in the right mode at the
+   right scale. Separate optima found by other starts are compared by their Laplace mass
+   (:func:`check_modes`), and the verdict says so when a second mode holds a noticeable share.
+2. **The guide ladder.** By the number ``d`` of unconstrained latent dimensions:
+   ``d <= 30``: ``multivariate_normal`` then ``iaf`` (a flow on top of the full-rank fit);
+   ``30 < d <= 300``: ``low_rank`` then ``multivariate_normal``; larger: ``normal`` then
+   ``low_rank``. Each guide starts from the best Gaussian so far.
+3. **Escalation.** After each fit the verdict is computed (:mod:`inference.diagnostics`). A
+   fit is accepted when the verdict is *reliable* and Pareto-smoothed importance weighting
+   moves no mean by more than ``0.05`` guide sds and no sd by more than 5% (the guide already
+   is as good as reweighting can tell). Otherwise the next guide is tried. The result is the
+   attempt with the best verdict level, ties broken by the ELBO (estimated from the verdict's
+   draws: a higher ELBO is a smaller KL divergence from the posterior, comparable across guide
+   families).
+
+Every attempt is recorded (:class:`Attempt`, ``FitResult.attempts``) with its verdict and why
+the search moved on; ``FitResult.guide_name`` names the guide that produced the posterior.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro import handlers
+from numpyro.distributions.transforms import biject_to
+
+from .diagnostics import RELIABLE, UNRELIABLE, CARE, Check
+from .fit import run_svi
+from .laplace import find_map, layout_and_starts
+from .result import FitResult
+
+__all__ = ["Attempt", "fit_auto", "guide_ladder", "latent_dimension", "check_modes", "AUTO_OPTIONS"]
+
+#: Options of ``guide="auto"`` (``fit(..., guide_options={...})``).
+AUTO_OPTIONS = ("ladder", "map_starts", "map_spread", "khat_draws", "mean_shift", "sd_shift")
+
+_LEVEL_RANK = {RELIABLE: 2, CARE: 1, UNRELIABLE: 0}
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One guide tried by ``guide="auto"``.
+
+    Attributes
+    ----------
+    guide : str
+        The guide's name (``"laplace"`` for the MAP stage).
+    level : str
+        Its verdict level (for the MAP stage: of its mode check).
+    reason : str
+        The verdict's reason.
+    elbo : float
+        ELBO estimated from the verdict's draws (for the MAP stage: the log joint density at
+        the MAP, in the unconstrained space).
+    khat : float
+        PSIS k-hat (NaN for the MAP stage).
+    num_steps : int
+        Optimization steps.
+    seconds : float
+        Wall time of the attempt, verdict included.
+    outcome : str
+        What happened next: ``"start"`` (the MAP stage), ``"accepted"``, ``"moved on: ..."``
+        with the reason, or ``"failed: ..."``.
+    """
+
+    guide: str
+    level: str
+    reason: str
+    elbo: float
+    khat: float
+    num_steps: int
+    seconds: float
+    outcome: str
+
+    def as_dict(self) -> dict:
+        """Plain data (for ``fit.json``)."""
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.__dict__.items()}
+
+
+def latent_dimension(model, args=(), kwargs=None, seed: int = 0) -> tuple[int, str | None]:
+    """Number of unconstrained latent dimensions of ``model``, and why continuous guides cannot fit it.
+
+    Returns
+    -------
+    (int, str or None)
+        ``d``, and a sentence when the model has discrete latent sites or subsampled plates
+        (local latents), which the joint Gaussian and flow guides do not support; else None.
+    """
+    trace = handlers.trace(handlers.seed(model, seed)).get_trace(*args, **(kwargs or {}))
+    subsampled = {name for name, site in trace.items() if site["type"] == "plate" and site["args"][0] != site["args"][1]}
+    d, problem = 0, None
+    for name, site in trace.items():
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        if site["fn"].support.is_discrete:
+            problem = f"latent site {name!r} is discrete"
+            continue
+        for frame in site["cond_indep_stack"]:
+            if frame.name in subsampled:
+                problem = f"latent site {name!r} sits in the subsampled plate {frame.name!r}"
+        value = biject_to(site["fn"].support).inv(site["value"])
+        d += int(np.size(value))
+    return d, problem
+
+
+def guide_ladder(d: int) -> tuple[str, ...]:
+    """The guides ``auto`` tries, in order, for ``d`` unconstrained latent dimensions."""
+    if d <= 1:
+        return ("multivariate_normal",)
+    if d <= 30:
+        return ("multivariate_normal", "iaf")
+    if d <= 300:
+        return ("low_rank", "multivariate_normal")
+    return ("normal", "low_rank")
+
+
+def check_modes(locs: np.ndarray, losses: np.ndarray, scale_trils: np.ndarray, best: int) -> Check:
+    r"""Whether the MAP starts found separate optima, and how much mass the others hold.
+
+    Start ``r`` ended at ``u_r`` with ``-log p = L_r`` and Laplace factor ``S_r``. It found a
+    separate optimum when its whitened distance from the best, ``|S_b^{-1}(u_r - u_b)|``, is
+    above 4; that optimum's Laplace mass relative to the best is
+    ``exp(L_b - L_r + log|S_r| - log|S_b|)``. A separate optimum with more than 1% of the best
+    one's mass makes the posterior multimodal in a way one Gaussian or flow fit will not show.
+
+    Parameters
+    ----------
+    locs : ndarray, shape (R, d)
+    losses : ndarray, shape (R,)
+        Final ``-log p(x, u)`` of each start.
+    scale_trils : ndarray, shape (R, d, d)
+    best : int
+    """
+    R = locs.shape[0]
+    if R == 1:
+        return Check("modes", RELIABLE, "one MAP start, so separate optima were not looked for")
+    finite = np.isfinite(losses)
+    L_b = scale_trils[best]
+    logdet = np.array([np.sum(np.log(np.abs(np.diag(s)))) for s in scale_trils])
+    dist = np.array([np.linalg.norm(np.linalg.solve(L_b, locs[r] - locs[best])) for r in range(R)])
+    separate = [r for r in range(R) if finite[r] and r != best and dist[r] > 4]
+    same = int(np.sum(finite & (dist <= 4)))
+    if not separate:
+        return Check("modes", RELIABLE, f"{same} of {R} MAP starts reached the same optimum")
+    log_mass = np.array([losses[best] - losses[r] + logdet[r] - logdet[best] for r in separate])
+    top = int(np.argmax(log_mass))
+    share = float(np.exp(min(log_mass[top], 50.0)))
+    where = f"{same} of {R} MAP starts reached the best optimum, {len(separate)} ended at separate optima"
+    if log_mass[top] > math.log(0.01):
+        return Check(
+            "modes",
+            CARE,
+            f"{where}; the largest of those holds about {share:.0%} of the best one's Laplace mass, so the "
+            "posterior may have several modes and this fit describes one of them",
+            "compare with inference.nuts (several chains), or give priors that rule the other mode out",
+        )
+    return Check(
+        "modes", RELIABLE, f"{where}, each holding less than 1% of the best one's Laplace mass (largest {share:.1e})"
+    )
+
+
+def _bulk_shift(diagnosis) -> tuple[float, float]:
+    """Largest PSIS move of a mean (in guide sds) and of an sd (|ratio - 1|)."""
+    if not diagnosis.shift:
+        return float("inf"), float("inf")
+    means = [abs(m) for m, _ in diagnosis.shift.values()]
+    sds = [abs(r - 1) for _, r in diagnosis.shift.values()]
+    return max(means), max(sds)
+
+
+def _gaussian_start(guide: str, loc: np.ndarray, scale_tril: np.ndarray) -> dict | None:
+    """Guide parameters that start ``guide`` at the Gaussian ``N(loc, L L^T)`` (unconstrained)."""
+    if guide in ("multivariate_normal", "iaf", "bnaf"):
+        return {"auto_loc": loc, "auto_scale_tril": scale_tril}
+    if guide == "low_rank":
+        return {"auto_loc": loc, "auto_scale": np.sqrt(np.sum(scale_tril**2, axis=1))}
+    return None
+
+
+def fit_auto(
+    model,
+    *args: Any,
+    objective="elbo",
+    num_particles: int = 8,
+    optimizer=None,
+    lr=0.01,
+    clip_norm=None,
+    seed: int = 0,
+    restarts: int = 1,
+    min_steps=None,
+    max_steps=None,
+    stopping=None,
+    chunk_size: int = 100,
+    nonfinite_limit: float = 0.1,
+    init_scale: float = 0.1,
+    restart_spread: float = 0.5,
+    schedules=None,
+    progress: bool = True,
+    options: dict | None = None,
+    **kwargs: Any,
+) -> FitResult:
+    """Fit ``model`` with the guide chosen and escalated automatically (see the module docstring).
+
+    Parameters
+    ----------
+    model, *args, **kwargs
+        The NumPyro model and its arguments.
+    options : dict, optional
+        ``ladder`` (guide names to try, in order; default by model size, :func:`guide_ladder`),
+        ``map_starts`` (MAP starting points, default 8; 0 skips the MAP stage),
+        ``map_spread`` (how far they are spread, default 1.0, see
+        :class:`inference.guides.SpreadInit`), ``khat_draws`` (draws of each verdict, default
+        16000), ``mean_shift`` and ``sd_shift`` (largest PSIS moves of an accepted fit,
+        default 0.05 and 0.05).
+    Other parameters
+        As :func:`inference.fit`; they apply to every variational attempt, except that without
+        a stopping rule or step limits the attempts run 500 to 5000 steps (they start at the
+        Laplace approximation, near the optimum).
+
+    Returns
+    -------
+    FitResult
+        The chosen attempt, with ``attempts`` (every :class:`Attempt`, the MAP stage first) and
+        ``settings["guide"] == "auto"``; its verdict is already computed.
+    """
+    t0 = time.perf_counter()
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(AUTO_OPTIONS))
+    if unknown:
+        raise ValueError(f"guide='auto' has no option {unknown[0]!r}; it takes {', '.join(AUTO_OPTIONS)}")
+    map_starts = int(options.get("map_starts", 8))
+    map_spread = float(options.get("map_spread", 1.0))
+    khat_draws = int(options.get("khat_draws", 16000))
+    mean_tol = float(options.get("mean_shift", 0.05))
+    sd_tol = float(options.get("sd_shift", 0.05))
+    if map_starts < 0:
+        raise ValueError(f"map_starts must be 0 (no MAP stage) or a positive number of starts, got {map_starts}")
+
+    d, problem = latent_dimension(model, args, kwargs, seed)
+    ladder = tuple(options.get("ladder") or (guide_ladder(d) if problem is None else ("normal",)))
+    if stopping is None and min_steps is None and max_steps is None:
+        min_steps, max_steps = 500, 5000
+    common = dict(
+        objective=objective,
+        num_particles=num_particles,
+        optimizer=optimizer,
+        lr=lr,
+        clip_norm=clip_norm,
+        seed=seed,
+        restarts=restarts,
+        min_steps=min_steps,
+        max_steps=max_steps,
+        stopping=stopping,
+        chunk_size=chunk_size,
+        nonfinite_limit=nonfinite_limit,
+        init_scale=init_scale,
+        restart_spread=restart_spread,
+        schedules=schedules,
+        progress=progress,
+    )
+    data_values = {}
+    initial_values = getattr(model, "initial_values", None)
+    if callable(initial_values):
+        data_values = dict(initial_values())
+
+    attempts: list[Attempt] = []
+    extra_checks: list[Check] = []
+    start_loc = start_tril = None
+    start_values = data_values or None
+    if problem is None and map_starts > 0 and d >= 1:
+        t = time.perf_counter()
+        layout, starts = layout_and_starts(
+            model, args, kwargs, num_starts=map_starts, spread=map_spread, seed=seed, init_values=data_values or None
+        )
+        found = find_map(model, args, kwargs, layout=layout, starts=starts)
+        best = found.best
+        if not np.isfinite(found.potential[best]):
+            modes = Check(
+                "modes",
+                UNRELIABLE,
+                f"none of the {map_starts} MAP starts had a finite log density",
+                "check the priors and the model at the prior median (a failed ODE solve shows as -inf)",
+            )
+            outcome = "failed: no finite start; the guides start from the prior median"
+        else:
+            modes = check_modes(found.locs, found.potential, found.scale_trils, best)
+            start_loc = found.locs[best]
+            start_tril = found.scale_trils[best] if found.laplace_ok else np.eye(d) * init_scale
+            start_values = layout.constrain(model, start_loc, args, kwargs)
+            outcome = "start" if found.laplace_ok else "start (Hessian not positive definite: the guides start at the MAP with a small scale)"
+        extra_checks.append(modes)
+        attempts.append(
+            Attempt(
+                "laplace",
+                modes.level,
+                modes.message,
+                float(-found.potential[best]),
+                float("nan"),
+                int(found.iterations.max()),
+                time.perf_counter() - t,
+                outcome,
+            )
+        )
+
+    chosen: FitResult | None = None
+    chosen_key = None
+    for i, name in enumerate(ladder):
+        t = time.perf_counter()
+        init_params = None if start_loc is None else _gaussian_start(name, start_loc, start_tril)
+        try:
+            result = run_svi(model, *args, guide=name, init_params=init_params, init_values=start_values, **common, **kwargs)
+        except ValueError as err:
+            attempts.append(Attempt(name, UNRELIABLE, str(err), float("nan"), float("nan"), 0, time.perf_counter() - t, f"failed: {err}"))
+            continue
+        if extra_checks:
+            result = replace(result, extra_checks=tuple(extra_checks))
+        diagnosis = result.diagnose(khat_draws)
+        verdict = diagnosis.verdict
+        mean_move, sd_move = _bulk_shift(diagnosis)
+        key = (_LEVEL_RANK[verdict.level], diagnosis.elbo)
+        last = i == len(ladder) - 1
+        if verdict.level == RELIABLE and mean_move <= mean_tol and sd_move <= sd_tol:
+            outcome = "accepted"
+        elif last:
+            outcome = "last guide of the ladder"
+        elif verdict.level == RELIABLE:
+            outcome = (
+                f"moved on: reliable, but importance weighting still moves a mean by {mean_move:.2f} sd or an sd by "
+                f"{sd_move:.0%}; trying {ladder[i + 1]}"
+            )
+        else:
+            outcome = f"moved on: {verdict.level} ({verdict.reason}); trying {ladder[i + 1]}"
+        attempts.append(
+            Attempt(name, verdict.level, verdict.reason, diagnosis.elbo, verdict.khat, result.num_steps, time.perf_counter() - t, outcome)
+        )
+        if chosen is None or key > chosen_key:
+            chosen, chosen_key = result, key
+        if outcome == "accepted":
+            break
+        # The next guide starts from this fit when it is a full-rank Gaussian at least as good.
+        if name == "multivariate_normal" and key >= chosen_key:
+            start_loc = np.asarray(result.params["auto_loc"])
+            start_tril = np.asarray(result.params["auto_scale_tril"])
+    if chosen is None:
+        raise ValueError(
+            "guide='auto' could not fit any guide: " + "; ".join(f"{a.guide}: {a.outcome}" for a in attempts)
+        )
+    kept = chosen.guide_name
+    attempts = [
+        replace(a, outcome=("chosen: " if a.guide == kept else "not chosen: ") + "the best verdict, then ELBO, of the attempts")
+        if a.outcome == "last guide of the ladder"
+        else a
+        for a in attempts
+    ]
+    settings = dict(chosen.settings, guide="auto", chosen_guide=kept, ladder=list(ladder), latent_dimension=d)
+    settings["attempts"] = [a.as_dict() for a in attempts]
+    if problem is not None:
+        settings["auto_note"] = f"{problem}, so guide='auto' used the mean-field guide"
+    timings = chosen.timings._replace(total_s=time.perf_counter() - t0)
+    return replace(chosen, attempts=tuple(attempts), settings=settings, timings=timings)
+
+

@@ -1,7 +1,7 @@
 """``guide="auto"`` on a correlated posterior: the MAP stage, the guides tried, and why.
 
 Fits the Michaelis-Menten reference problem (``benchmarks/data/c_mm.csv``: synthetic data,
-``S -> P : mm(Vmax, Km)``, Vmax and Km correlated with rho 0.98) with the default
+``S -> P : mm(Vmax, Km)``, Vmax and Km correlated with rho 0.98) with
 ``guide="auto"`` and prints every attempt: the multistart MAP with its Laplace approximation,
 then the full-rank Gaussian and, when the verdict asks for it, a normalizing flow. Then the
 mean-field guide for contrast, whose sds are several times too small.
@@ -23,7 +23,7 @@ def main(small: bool = False) -> dict:
     """Fit with ``guide="auto"`` and with the mean-field guide; return what each found."""
     model = kinetics.model("S -> P : mm(Vmax, Km)", str(DATA), initial={"S": 10.0, "P": 0.0}, priors=PRIORS)
     options = {"map_starts": 4, "khat_draws": 4000} if small else {}
-    auto = fit(model, seed=0, progress=not small, guide_options=options)
+    auto = fit(model, guide="auto", seed=0, progress=not small, guide_options=options)
     print(auto.summary(num_samples=1000 if small else 4000))
     mean_field = fit(model, guide="normal", seed=0, progress=not small, max_steps=3000 if small else 20000)
     draws = {"auto": auto.sample(4000), "normal": mean_field.sample(4000)}

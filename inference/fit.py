@@ -68,7 +68,7 @@ def _average_and_constrain(svi: SVI, chunk_means: list):
 def fit(
     model: Callable[..., Any],
     *args: Any,
-    guide: str | Callable[..., Any] = "auto",
+    guide: str | Callable[..., Any] = "multivariate_normal",
     objective: str | Any = "elbo",
     num_particles: int = 8,
     optimizer: optax.GradientTransformation | None = None,
@@ -99,8 +99,8 @@ def fit(
     *args, **kwargs
         Passed to the model (and guide) at every step.
     guide : str or guide object
-        ``"auto"`` (default: chooses and escalates, see :mod:`inference.auto`), a guide name
-        (``"multivariate_normal"``, ``"normal"``, ``"low_rank"``, ``"iaf"``, ``"bnaf"``,
+        ``"multivariate_normal"`` (default), ``"auto"`` (chooses and escalates, see
+        :mod:`inference.auto`), another guide name (``"normal"``, ``"low_rank"``, ``"iaf"``, ``"bnaf"``,
         ``"delta"``, ``"laplace"``; see :mod:`inference.guides`), or a NumPyro guide object.
     objective : str or ELBO
         ``"elbo"`` (NumPyro ``Trace_ELBO``, default), ``"meanfield_elbo"``, or another name of

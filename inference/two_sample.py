@@ -1,18 +1,18 @@
-"""Two-sample test by energy distance: are two sets of draws from the same distribution?
+r"""Two-sample test by energy distance: do two sets of draws come from one distribution.
 
-The energy distance between distributions :math:`F` and :math:`G` of :math:`X, X' \\sim F` and
-:math:`Y, Y' \\sim G` (independent) is
+The energy distance between distributions :math:`F` and :math:`G` of :math:`X, X' \sim F` and
+:math:`Y, Y' \sim G` (independent) is
 
 .. math::
 
-    \\mathcal E(F, G) = 2\\,\\mathbb E\\lVert X - Y \\rVert - \\mathbb E\\lVert X - X' \\rVert
-    - \\mathbb E\\lVert Y - Y' \\rVert \\;\\ge 0,
+    \mathcal E(F, G) = 2\,\mathbb E\lVert X - Y \rVert - \mathbb E\lVert X - X' \rVert
+    - \mathbb E\lVert Y - Y' \rVert \;\ge 0,
 
 zero exactly when :math:`F = G` (Székely & Rizzo 2004). From samples :math:`x_{1..n}` and
 :math:`y_{1..m}` the V-statistic replaces each expectation by the mean over all pairs; the test
-statistic is :math:`T = \\frac{nm}{n+m} \\hat{\\mathcal E}`, and its null distribution is found by
+statistic is :math:`T = \frac{nm}{n+m} \hat{\mathcal E}`, and its null distribution is found by
 permutation: pool the draws, relabel them at random, recompute :math:`T`. The p-value
-:math:`(1 + \\#\\{T_\\pi \\ge T\\}) / (1 + P)` over :math:`P` permutations is exact (valid at any
+:math:`(1 + \#\{T_\pi \ge T\}) / (1 + P)` over :math:`P` permutations is exact (valid at any
 sample size) under exchangeability.
 
 Reference: Székely, G. J. and Rizzo, M. L. (2004). Testing for equal distributions in high
@@ -30,12 +30,12 @@ __all__ = ["energy_distance", "energy_test", "EnergyTest"]
 
 
 class EnergyTest(NamedTuple):
-    """Result of :func:`energy_test`.
+    r"""Result of :func:`energy_test`.
 
     Attributes
     ----------
     statistic : float
-        :math:`T = \\frac{nm}{n+m} \\hat{\\mathcal E}` of the two samples as given.
+        :math:`T = \frac{nm}{n+m} \hat{\mathcal E}` of the two samples as given.
     p_value : float
         Permutation p-value, in ``(0, 1]``.
     n_permutations : int
@@ -92,7 +92,7 @@ def _statistics(d: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def energy_distance(x, y, *, standardize: bool = False) -> float:
-    """The energy distance :math:`\\hat{\\mathcal E}` (V-statistic) between two samples.
+    r"""Compute the energy distance :math:`\hat{\mathcal E}` (V-statistic) between two samples.
 
     Parameters
     ----------

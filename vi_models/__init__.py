@@ -7,3 +7,6 @@ import jax as _jax
 _jax.config.update("jax_enable_x64", True)
 
 from .relaxed import RelaxedOneHotCategorical, RelaxedOneHotCategoricalStraightThrough  # noqa: E402, F401
+from . import gillespie, vae  # noqa: E402, F401
+from .gillespie import Network, SSAResult  # noqa: E402, F401
+from .vae import VAE, AmortizedNormalGuide, Modality, VAEFit, build_vae  # noqa: E402, F401

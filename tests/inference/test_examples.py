@@ -19,6 +19,9 @@ def test_every_example_is_tested():
         # run by their own test files at small size:
         "mixture_gumbel_softmax",  # tests/vi_models/test_relaxed.py
         "reactor_decision",  # tests/inference/test_decisions.py
+        "vae_digits",  # tests/vi_models/test_vae.py
+        "single_cell_phase",  # tests/vi_models/test_vae.py
+        "ssa_surrogate",  # tests/vi_models/test_gillespie.py
     }
 
 

@@ -18,7 +18,6 @@ from inference.auto import check_modes, guide_ladder, latent_dimension
 from inference.fit import make_optimizer, run_svi
 from inference.guides import GUIDES, canonical_name, make_guide
 from inference.laplace import find_map, layout_and_starts
-from inference.objectives import OBJECTIVES
 
 # -- a small regression with correlated intercept and slope ---------------------------------------
 X = jnp.linspace(2.0, 6.0, 12)  # far from 0: intercept and slope strongly correlated
@@ -35,7 +34,7 @@ def regression(x, y=None):
 
 QUICK = dict(min_steps=100, max_steps=100, chunk_size=100, progress=False, num_particles=4)
 NAMED = tuple(GUIDES)
-OBJECTIVE_NAMES = tuple(name for name in ("elbo", "meanfield_elbo", "renyi", "iwae") if name in OBJECTIVES)
+OBJECTIVE_NAMES = ("elbo", "meanfield_elbo")
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +89,7 @@ def test_guide_names_and_errors():
     with pytest.raises(ValueError, match="rank of the low_rank guide must be a positive integer"):
         make_guide("low_rank", regression, rank=0)
     with pytest.raises(ValueError, match="guide='auto' has no option 'rungs'"):
-        fit(regression, X, Y, guide_options={"rungs": 2}, progress=False)
+        fit(regression, X, Y, guide="auto", guide_options={"rungs": 2}, progress=False)
 
 
 def test_optimizer_schedules_and_clipping():
@@ -213,7 +212,7 @@ def test_ladder_by_size_and_what_auto_cannot_fit():
 def escalation():
     """auto on the correlated regression, forced to try the mean-field guide first."""
     return fit(
-        regression, X, Y, guide_options={"ladder": ("normal", "multivariate_normal"), "khat_draws": 8000},
+        regression, X, Y, guide="auto", guide_options={"ladder": ("normal", "multivariate_normal"), "khat_draws": 8000},
         progress=False, seed=0,
     )
 
@@ -257,7 +256,7 @@ def oscillator(t, y=None):
 def test_multistart_map_finds_the_mode_that_the_median_start_misses():
     plain = run_svi(oscillator, T, SIGNAL, guide="multivariate_normal", progress=False, max_steps=1500)
     assert abs(float(np.median(plain.sample(500)["w"])) - W_TRUE) > 0.3  # a wrong local optimum
-    result = fit(oscillator, T, SIGNAL, progress=False, guide_options={"map_starts": 8, "khat_draws": 4000})
+    result = fit(oscillator, T, SIGNAL, guide="auto", progress=False, guide_options={"map_starts": 8, "khat_draws": 4000})
     w = result.sample(2000)["w"]
     assert abs(float(np.mean(w)) - W_TRUE) < 0.02
     assert result.elbo > plain.elbo + 10

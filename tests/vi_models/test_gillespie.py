@@ -1,0 +1,128 @@
+"""Gillespie SSA against exact moments; the conditional-VAE surrogate against the simulator.
+
+Monte Carlo tolerances are 5 standard errors, with the standard error of a sample mean
+``sd / sqrt(n)`` and of a sample variance ``sqrt((m4 - s^4) / n)`` (``m4`` the fourth central
+moment), so that a correct simulator fails with probability below 1e-5 per check and a wrong
+rate by a few percent does not pass.
+"""
+
+import numpy as np
+import pytest
+
+from vi_models.gillespie import (
+    BIRTH_DEATH,
+    GENE_EXPRESSION,
+    Network,
+    birth_death_moments,
+    gene_expression_moments,
+    simulate,
+)
+
+
+def _mean_and_var_se(x):
+    x = np.asarray(x, dtype=float)
+    n = x.size
+    m4 = np.mean((x - x.mean()) ** 4)
+    return x.std() / np.sqrt(n), np.sqrt(max(m4 - x.var() ** 2, 0.0) / n)
+
+
+@pytest.mark.parametrize("m0, t", [(0, 0.7), (0, 8.0), (25, 1.0)])
+def test_birth_death_matches_exact_mean_and_variance(m0, t):
+    k1, k2 = 10.0, 1.0
+    out = simulate(BIRTH_DEATH, [k1, k2], [m0], t, num_samples=20000, seed=0)
+    assert not out.truncated.any()
+    x = out.counts[:, 0]
+    mean, var = birth_death_moments(k1, k2, t, m0)
+    se_mean, se_var = _mean_and_var_se(x)
+    assert abs(x.mean() - mean) < 5 * se_mean
+    assert abs(x.var() - var) < 5 * se_var
+
+
+def test_gene_expression_matches_stationary_moments():
+    k = (5.0, 1.0, 2.0, 1.0)
+    exact = gene_expression_moments(*k)
+    # Relaxation times 1/k2 = 1/k4 = 1: at t = 15 the distance from stationarity is e^-15.
+    out = simulate(GENE_EXPRESSION, k, [0, 0], 15.0, num_samples=10000, seed=1)
+    m, p = out.counts[:, 0].astype(float), out.counts[:, 1].astype(float)
+    for x, mean, var in ((m, exact["mean_M"], exact["var_M"]), (p, exact["mean_P"], exact["var_P"])):
+        se_mean, se_var = _mean_and_var_se(x)
+        assert abs(x.mean() - mean) < 5 * se_mean
+        assert abs(x.var() - var) < 5 * se_var
+    prod = (m - m.mean()) * (p - p.mean())
+    assert abs(prod.mean() - exact["cov_MP"]) < 5 * prod.std() / np.sqrt(prod.size)
+    # The protein Fano factor 1 + k3 / (k2 + k4) = 2 is what tells this network from a Poisson one.
+    assert exact["var_P"] / exact["mean_P"] == pytest.approx(2.0)
+
+
+def test_per_trajectory_rates_and_reproducibility():
+    k = np.array([[1.0, 1.0], [50.0, 1.0]])
+    out = simulate(BIRTH_DEATH, k, [0], 10.0, seed=2)
+    assert out.counts.shape == (2, 1) and out.counts[1, 0] > out.counts[0, 0]
+    again = simulate(BIRTH_DEATH, k, [0], 10.0, seed=2)
+    assert np.array_equal(out.counts, again.counts)
+
+
+def test_max_events_marks_truncated_trajectories():
+    out = simulate(BIRTH_DEATH, [100.0, 1.0], [0], 10.0, num_samples=5, max_events=10)
+    assert out.truncated.all() and np.all(out.events == 10)
+
+
+def test_parse_reversible_and_second_order():
+    net = Network.parse("A + B <=> C : kf, kb; 2 A -> D : k")
+    assert net.species == ("A", "B", "C", "D") and net.rates == ("kf", "kb", "k")
+    assert net.change.tolist() == [[-1, -1, 1, 0], [1, 1, -1, 0], [-2, 0, 0, 1]]
+    # Mass action counts distinct pairs: 2 A -> D at A = 4 has propensity k * C(4, 2) = 6 k.
+    a = np.asarray(net.propensities(np.array([4, 3, 2, 0]), np.array([1.0, 1.0, 1.0])))
+    assert a.tolist() == pytest.approx([12.0, 2.0, 6.0])
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("A -> B", "needs one ':'"),
+        ("A = B : k", "needs an arrow"),
+        ("A <=> B : k", "needs two rate constants"),
+        ("A -> B : k; B -> A : k", "its own rate constant"),
+        ("A -> 2.5 B : k", "cannot read the term"),
+    ],
+)
+def test_parse_errors_name_the_reaction(text, match):
+    with pytest.raises(ValueError, match=match):
+        Network.parse(text)
+
+
+def test_simulate_errors_are_named():
+    with pytest.raises(ValueError, match=r"rate constants must have shape \(2,\)"):
+        simulate(BIRTH_DEATH, [1.0, 2.0, 3.0], [0], 1.0)
+    with pytest.raises(ValueError, match="non-negative integer molecule counts"):
+        simulate(BIRTH_DEATH, [1.0, 2.0], [-1], 1.0)
+    with pytest.raises(ValueError, match="t_end must be a positive time"):
+        simulate(BIRTH_DEATH, [1.0, 2.0], [0], 0.0)
+
+
+# -- the conditional-VAE surrogate (examples/ssa_surrogate.py --small) ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def surrogate_run(load_example, tmp_path_factory):
+    """3000 training pairs, 3000 steps; 3 held-out conditions with 150 draws each; 999 permutations."""
+    return load_example("ssa_surrogate").main(small=True, out=tmp_path_factory.mktemp("ssa-surrogate"))
+
+
+def test_surrogate_passes_at_held_out_conditions(surrogate_run):
+    # Measured p = 0.347, 0.011, 0.100 (seed 0). Three tests at a familywise level of 0.01
+    # (Bonferroni: each p > 0.01 / 3). The surrogate is not exact (its mRNA spread is up to ~15% too
+    # wide at some conditions, see docs/surrogate.md), which 150 draws barely resolve.
+    assert min(surrogate_run["p_held_out"]) > 0.01 / 3
+
+
+def test_surrogate_fails_with_a_wrong_condition(surrogate_run):
+    # k1 30% too low shifts the mRNA mean by about 0.7 sd: no permutation of 999 comes close
+    # (p = 0.001 at all three, below the familywise threshold 0.01 / 3).
+    assert max(surrogate_run["p_wrong"]) <= 0.002
+
+
+def test_surrogate_is_faster_than_the_simulator(surrogate_run):
+    timing = surrogate_run["speed"]
+    assert timing["speedup"] > 3
+    assert (surrogate_run["out"] / "draws.png").exists()

@@ -35,8 +35,6 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to

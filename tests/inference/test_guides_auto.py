@@ -3,7 +3,6 @@
 The models here have closed-form likelihoods (no ODE), so each compile takes a second or two.
 """
 
-import math
 
 import jax
 import jax.numpy as jnp

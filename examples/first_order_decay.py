@@ -29,11 +29,11 @@ def simulate_dataset(seed: int = 0) -> kinetics.Dataset:
     return kinetics.Dataset.from_arrays(times, {"A": np.asarray(trace["obs"]["value"])[0, :, 0]})
 
 
-def main(small: bool = False) -> dict:
+def main(small: bool = False, guide: str = "auto") -> dict:
     """Fit simulated data and return the posterior mean and sd of k."""
     data = simulate_dataset()
     model = kinetics.model("A -> B : k", data, initial={"A": 1.0}, priors={"k": "LogNormal(log(0.5), 1)"})
-    result = fit(model, seed=0, progress=not small, max_steps=3000 if small else 20000)
+    result = fit(model, guide=guide, seed=0, progress=not small, max_steps=3000 if small else 20000)
     print(result.summary(num_samples=500 if small else 2000))
     k = result.sample(2000)["k"]
     print(f"true k = {K_TRUE}; posterior {k.mean():.4f} +- {k.std():.4f}")
@@ -43,4 +43,6 @@ def main(small: bool = False) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="a short run")
-    main(parser.parse_args().small)
+    parser.add_argument("--guide", default="auto", help="guide name (default auto)")
+    args = parser.parse_args()
+    main(args.small, args.guide)

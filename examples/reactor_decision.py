@@ -139,12 +139,12 @@ def grid_search(draws: dict, n: int) -> dict:
     return {"t": float(t_fine[j]), "T": float(T_fine[i]), "value": float(u[i, j]), "dt": float(dt), "dT": float(dT)}
 
 
-def main(small: bool = False) -> dict:
+def main(small: bool = False, guide: str = "auto") -> dict:
     """Fit the pilot run, decide (t, T) by the gradient and by a grid; return both and the plug-in answer."""
     data = simulate_pilot()
     model = kinetics.model(MECHANISM, data, initial={"A": 1.0, "B": 0.0}, priors=PRIORS)
     tic = time.perf_counter()
-    result = fit(model, seed=0, progress=not small, max_steps=3000 if small else 20000)
+    result = fit(model, guide=guide, seed=0, progress=not small, max_steps=3000 if small else 20000)
     fit_s = time.perf_counter() - tic
     if not small:
         print(result.summary(num_samples=2000))
@@ -213,4 +213,6 @@ def main(small: bool = False) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="a short run")
-    main(parser.parse_args().small)
+    parser.add_argument("--guide", default="auto", help="guide name (default auto)")
+    args = parser.parse_args()
+    main(args.small, args.guide)

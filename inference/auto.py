@@ -43,6 +43,7 @@ from .diagnostics import RELIABLE, UNRELIABLE, CARE, Check
 from .fit import run_svi
 from .laplace import find_map, layout_and_starts
 from .result import FitResult
+from .schedules import check_schedules
 
 __all__ = ["Attempt", "fit_auto", "guide_ladder", "latent_dimension", "check_modes", "AUTO_OPTIONS"]
 
@@ -102,7 +103,12 @@ def latent_dimension(model, args=(), kwargs=None, seed: int = 0) -> tuple[int, s
         (local latents), which the joint Gaussian and flow guides do not support; else None.
     """
     trace = handlers.trace(handlers.seed(model, seed)).get_trace(*args, **(kwargs or {}))
-    subsampled = {name for name, site in trace.items() if site["type"] == "plate" and site["args"][0] != site["args"][1]}
+    # A plate site's args are (size, subsample_size); subsample_size is None when not subsampling.
+    subsampled = {
+        name
+        for name, site in trace.items()
+        if site["type"] == "plate" and site["args"][1] is not None and site["args"][1] != site["args"][0]
+    }
     d, problem = 0, None
     for name, site in trace.items():
         if site["type"] != "sample" or site["is_observed"]:
@@ -251,7 +257,10 @@ def fit_auto(
     if map_starts < 0:
         raise ValueError(f"map_starts must be 0 (no MAP stage) or a positive number of starts, got {map_starts}")
 
-    d, problem = latent_dimension(model, args, kwargs, seed)
+    schedules = check_schedules(schedules, kwargs)
+    # The MAP stage and the model inspection see scheduled keywords at their first value.
+    start_kwargs = dict(kwargs, **{name: fn(0) for name, fn in schedules.items()})
+    d, problem = latent_dimension(model, args, start_kwargs, seed)
     ladder = tuple(options.get("ladder") or (guide_ladder(d) if problem is None else ("normal",)))
     if stopping is None and min_steps is None and max_steps is None:
         min_steps, max_steps = 500, 5000
@@ -285,9 +294,9 @@ def fit_auto(
     if problem is None and map_starts > 0 and d >= 1:
         t = time.perf_counter()
         layout, starts = layout_and_starts(
-            model, args, kwargs, num_starts=map_starts, spread=map_spread, seed=seed, init_values=data_values or None
+            model, args, start_kwargs, num_starts=map_starts, spread=map_spread, seed=seed, init_values=data_values or None
         )
-        found = find_map(model, args, kwargs, layout=layout, starts=starts)
+        found = find_map(model, args, start_kwargs, layout=layout, starts=starts)
         best = found.best
         if not np.isfinite(found.potential[best]):
             modes = Check(
@@ -301,7 +310,7 @@ def fit_auto(
             modes = check_modes(found.locs, found.potential, found.scale_trils, best)
             start_loc = found.locs[best]
             start_tril = found.scale_trils[best] if found.laplace_ok else np.eye(d) * init_scale
-            start_values = layout.constrain(model, start_loc, args, kwargs)
+            start_values = layout.constrain(model, start_loc, args, start_kwargs)
             outcome = "start" if found.laplace_ok else "start (Hessian not positive definite: the guides start at the MAP with a small scale)"
         extra_checks.append(modes)
         attempts.append(

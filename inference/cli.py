@@ -297,7 +297,7 @@ def _build_parser() -> argparse.ArgumentParser:
     fitp.add_argument("--prior", action="append", metavar="NAME=PRIOR", help='prior, e.g. k="LogNormal(0, 1)"')
     fitp.add_argument("--noise", choices=("normal", "lognormal", "proportional"), help="noise model")
     fitp.add_argument(
-        "--guide", help="guide: multivariate_normal (default), auto, normal, low_rank, iaf, bnaf, laplace or delta"
+        "--guide", help="guide: auto (default), multivariate_normal, normal, low_rank, iaf, bnaf, laplace or delta"
     )
     fitp.add_argument("--stiff", action="store_true", help="use a stiff ODE solver")
     fitp.add_argument("--max-steps", type=int, help="largest number of optimization steps")

@@ -37,7 +37,7 @@ from numpyro.infer import SVI
 from numpyro.infer.autoguide import AutoLaplaceApproximation
 
 from .guides import SpreadInit, canonical_name, guide_name, laplace_to_multivariate_normal, make_guide
-from .loop import explain_nonfinite, init_state, make_chunk
+from .loop import explain_nonfinite, init_state, make_chunk, prototype_without_gradient
 from .objectives import make_objective
 from .result import FitResult, Timings
 from .schedules import check_schedules
@@ -68,7 +68,7 @@ def _average_and_constrain(svi: SVI, chunk_means: list):
 def fit(
     model: Callable[..., Any],
     *args: Any,
-    guide: str | Callable[..., Any] = "multivariate_normal",
+    guide: str | Callable[..., Any] = "auto",
     objective: str | Any = "elbo",
     num_particles: int = 8,
     optimizer: optax.GradientTransformation | None = None,
@@ -99,8 +99,9 @@ def fit(
     *args, **kwargs
         Passed to the model (and guide) at every step.
     guide : str or guide object
-        ``"multivariate_normal"`` (default), ``"auto"`` (chooses and escalates, see
-        :mod:`inference.auto`), another guide name (``"normal"``, ``"low_rank"``, ``"iaf"``, ``"bnaf"``,
+        ``"auto"`` (default: a multistart MAP stage, then the guide chosen by model size and
+        escalated while the verdict is poor, every attempt recorded; see :mod:`inference.auto`),
+        a guide name (``"multivariate_normal"``, ``"normal"``, ``"low_rank"``, ``"iaf"``, ``"bnaf"``,
         ``"delta"``, ``"laplace"``; see :mod:`inference.guides`), or a NumPyro guide object.
     objective : str or ELBO
         ``"elbo"`` (NumPyro ``Trace_ELBO``, default), ``"meanfield_elbo"``, or another name of
@@ -181,6 +182,12 @@ def fit(
         raise ValueError(f"method must be 'svi' or 'nuts', got {method!r}")
     if isinstance(guide, str) and canonical_name(guide) == "auto":
         from .auto import fit_auto
+
+        # Arguments every attempt uses are checked before the MAP stage spends any time.
+        _check_positive_int("restarts", restarts)
+        make_objective(objective, num_particles=_check_positive_int("num_particles", num_particles))
+        if optimizer is None:
+            make_optimizer(lr, clip_norm)
 
         if init_params is not None:
             raise ValueError("init_params sets the parameters of one guide; with guide='auto' name the guide instead")
@@ -320,8 +327,8 @@ def run_svi(
                 return init_state(svi, key, args, init_kwargs, start)
         return init_state(svi, key, args, init_kwargs, start)
 
-    state = jax.jit(jax.vmap(init_one))(keys, spreads)
-    state = jax.block_until_ready(state)
+    with prototype_without_gradient():
+        state = jax.block_until_ready(jax.jit(jax.vmap(init_one))(keys, spreads))
     t_init = time.perf_counter()
 
     chunk = jax.jit(jax.vmap(make_chunk(svi, chunk_size, args, kwargs, schedules)))

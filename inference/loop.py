@@ -12,16 +12,21 @@ the site or parameter that went bad (:func:`explain_nonfinite`).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.infer.autoguide as _autoguide
 from numpyro import handlers
 from numpyro.infer import SVI
+from numpyro.infer.util import initialize_model
 from numpyro.infer.svi import SVIState
 
-__all__ = ["LoopState", "ChunkInfo", "init_state", "make_chunk", "explain_nonfinite"]
+__all__ = ["LoopState", "ChunkInfo", "init_state", "make_chunk", "explain_nonfinite", "prototype_without_gradient"]
 
 
 class LoopState(NamedTuple):
@@ -55,6 +60,25 @@ class ChunkInfo(NamedTuple):
 
     losses: jax.Array
     mean_params: Any
+
+
+@contextlib.contextmanager
+def prototype_without_gradient() -> Iterator[None]:
+    """Set up autoguide prototypes without differentiating the model.
+
+    An autoguide's first call runs ``numpyro.infer.util.initialize_model``, which by default
+    checks that the model's gradient is finite at the starting point (``validate_grad``); traced
+    inside the compiled initialization, that check compiles a second full gradient of the model
+    (for an ODE model, a second differentiated solve), which the initialization never uses. Within
+    this context the starting point is only required to have a finite log density; a non-finite
+    gradient there still shows at the first step, where the non-finite guard reports it.
+    """
+    previous = _autoguide.initialize_model
+    _autoguide.initialize_model = partial(initialize_model, validate_grad=False)
+    try:
+        yield
+    finally:
+        _autoguide.initialize_model = previous
 
 
 def init_state(svi: SVI, rng_key, args=(), kwargs=None, init_params=None) -> LoopState:

@@ -133,7 +133,7 @@ def test_masked_points_are_left_out_of_the_log_likelihood():
     values[2, 1] = np.nan
     data = kinetics.Dataset.from_arrays(t, values, species=["A", "B"])
     model = kinetics.model("A -> B : k", data, initial={"A": 1.0, "B": 0.0})
-    result = fit(model, max_steps=200, min_steps=100, progress=False)
+    result = fit(model, guide="multivariate_normal", max_steps=200, min_steps=100, progress=False)
     idata = result.to_arviz(num_samples=50, verdict=False)
     ll = idata.log_likelihood["obs"]
     assert ll.dims == ("chain", "draw", "obs_point")

@@ -53,7 +53,9 @@ def test_demo_writes_every_output(demo_run):
     assert record["diagnostics"]["ode_failed_draws"] == 0
     assert record["verdict"]["level"] in ("reliable", "use with care", "unreliable")
     assert record["verdict"]["reason"]
-    assert {c["check"] for c in record["verdict"]["checks"]} == {"stopping", "density", "psis", "curvature", "restarts"}
+    # guide="auto" (the default) adds the MAP stage's check of separate optima.
+    assert {c["check"] for c in record["verdict"]["checks"]} == {"stopping", "density", "psis", "curvature", "restarts", "modes"}
+    assert record["fit"]["guide"] == "auto" and record["fit"]["attempts"][0]["guide"] == "laplace"
 
 
 def test_demo_report_has_every_plot_and_the_verdict(demo_run):
@@ -114,12 +116,13 @@ def test_fit_from_csv_and_from_toml(tmp_path, bench_data):
     out = tmp_path / "csv"
     args = ["fit", str(bench_data / "a_decay.csv"), "--mechanism", "A -> B : k", "--initial", "A=1"]
     args += ["--prior", "k=LogNormal(log(0.5), 1)", "--out", str(out), "--no-progress", "--samples", "200"]
+    args += ["--guide", "multivariate_normal"]
     assert cli.main(args) == 0
     k_csv = json.loads((out / "fit.json").read_text())["posterior"]["k"]["mean"]
     config = tmp_path / "decay.toml"
     config.write_text(
         f'data = "{bench_data / "a_decay.csv"}"\nmechanism = "first_order"\n'
-        '[initial]\nA = 1.0\n[priors]\nk = "LogNormal(log(0.5), 1)"\n[fit]\nseed = 0\n'
+        '[initial]\nA = 1.0\n[priors]\nk = "LogNormal(log(0.5), 1)"\n[fit]\nseed = 0\nguide = "multivariate_normal"\n'
     )
     out2 = tmp_path / "toml"
     assert cli.main(["fit", str(config), "--out", str(out2), "--no-progress", "--samples", "200"]) == 0
@@ -161,7 +164,7 @@ def test_a_crash_while_writing_leaves_no_folder(tmp_path, bench_data, monkeypatc
     monkeypatch.setattr(plots, "plot_elbo", broken)
     out = tmp_path / "results"
     args = ["fit", str(bench_data / "a_decay.csv"), "--mechanism", "A -> B : k", "--initial", "A=1"]
-    code = cli.main(args + ["--out", str(out), "--no-progress", "--samples", "100", "--max-steps", "1000"])
+    code = cli.main(args + ["--out", str(out), "--no-progress", "--samples", "100", "--max-steps", "1000", "--guide", "normal"])
     assert code == 1
     assert "internal error" in capsys.readouterr().err
     assert not out.exists()
@@ -197,6 +200,8 @@ def test_nuts_check_writes_the_comparison(tmp_path, bench_data):
             "--initial",
             "A=1",
             "--nuts",
+            "--guide",
+            "multivariate_normal",
             "--no-progress",
             "--samples",
             "300",

@@ -134,7 +134,7 @@ def conjugate(y):
 
 
 def test_fit_result_draws_fresh_from_the_guide():
-    result = fit(conjugate, Y, seed=0, progress=False, max_steps=1500)
+    result = fit(conjugate, Y, guide="multivariate_normal", seed=0, progress=False, max_steps=1500)
     precision = 1 / PRIOR_SD**2 + Y.size / NOISE_SD**2
     mean, sd = float(Y.sum() / NOISE_SD**2 / precision), precision**-0.5
 
@@ -220,7 +220,7 @@ def test_bad_input_is_a_sentence(kwargs, match):
 
 def test_reactor_decision_example_gradient_matches_grid(load_example):
     example = load_example("reactor_decision")
-    out = example.main(small=True)
+    out = example.main(small=True, guide="multivariate_normal")
     # The test: the gradient optimum is within one grid step of the grid optimum.
     assert out["grid_steps_off"]["t"] <= 1.0 and out["grid_steps_off"]["T"] <= 1.0
     assert out["finite"] and out["nonfinite_steps"] == 0

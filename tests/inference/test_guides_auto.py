@@ -206,6 +206,12 @@ def test_ladder_by_size_and_what_auto_cannot_fit():
     d, problem = latent_dimension(local, (None,))
     assert "subsampled plate 'n'" in problem
 
+    def plated(y):  # a plate without subsampling holds ordinary latents
+        with numpyro.plate("group", 3):
+            numpyro.sample("theta", dist.Normal(0, 1))
+
+    assert latent_dimension(plated, (None,)) == (3, None)
+
 
 @pytest.fixture(scope="module")
 def escalation():

@@ -57,7 +57,7 @@ def ref() -> NutsResult:
 @pytest.fixture(scope="module")
 def conjugate_fit():
     # Left to stop by itself (about 2000 steps, 5 s): a 300-step fit has not reached the optimum.
-    return fit(conjugate, jnp.asarray(Y), jnp.asarray(MASK), seed=0, progress=False)
+    return fit(conjugate, jnp.asarray(Y), jnp.asarray(MASK), guide="multivariate_normal", seed=0, progress=False)
 
 
 # -- nuts ----------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from .mechanism import (
     format_catalogue,
 )
 from .model import NOISE_MODELS, KineticsModel, Trajectories, default_priors, model
-from .ode import GRADIENT_METHODS, SOLVERS, SolverOptions, make_solver, solve
+from .ode import GRADIENT_METHODS, SOLVERS, SolverOptions, make_grid_solver, make_solver, solve, time_increments
 from .priors import DISTRIBUTIONS, PriorError, as_prior, describe_prior, parse_prior
 
 __all__ = [
@@ -42,8 +42,10 @@ __all__ = [
     "SolverOptions",
     "SOLVERS",
     "GRADIENT_METHODS",
+    "make_grid_solver",
     "make_solver",
     "solve",
+    "time_increments",
     "parse_prior",
     "as_prior",
     "describe_prior",

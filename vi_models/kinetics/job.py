@@ -20,7 +20,7 @@ name ``kinetics``). A configuration is a mapping, usually read from TOML::
     max_steps = 4096
 
     [fit]                              # optional; keyword arguments of inference.fit
-    guide = "multivariate_normal"
+    guide = "auto"                     # the default; or a guide name, e.g. "multivariate_normal"
     seed = 0
 """
 
@@ -66,7 +66,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "mechanism": "L -> Y : k",
     "noise": "normal",
     "initial": {"L": "infer", "Y": 0.0},
-    "fit": {"guide": "multivariate_normal", "seed": 0, "restarts": 4},
+    "fit": {"seed": 0},
 }
 
 

@@ -7,19 +7,47 @@ zero trajectory, and the model turns it into an impossible draw.
 
 Gradient methods
 ----------------
+Each method gives the gradient with respect to ``y0``, ``k`` and the output ``times``.
+
 ``"expm"``
     Linear (first-order) networks, ``dy/dt = K y + b``, have the exact solution
     ``[y(t); 1] = expm(t M) [y0; 1]`` with ``M = [[K, b], [0, 0]]`` (Moler & Van Loan 2003).
-    No time stepping; gradients by reverse mode through :func:`expm_small`.
+    No time stepping; gradients by reverse mode through :func:`expm_small`, exact up to
+    rounding (times included).
 ``"forward"``
-    Forward-mode sensitivities: the Jacobian of the trajectory with respect to ``(y0, k)`` is
-    computed by a JVP through the solver (``diffrax.ForwardMode``) in the same pass as the solve,
-    and handed to reverse mode through a custom VJP. Fast to compile and to run when
-    ``n_species + n_parameters`` is small.
+    Forward-mode sensitivities: the Jacobian ``dy(t_i)/d(y0, k)`` of the whole trajectory is
+    computed by a JVP through the solver (``diffrax.ForwardMode``, one tangent per input) in
+    the same pass as the solve, and handed to reverse mode through a custom VJP. The
+    cotangent of the output time ``t_i`` is ``g_i . f(t_i, y(t_i), k)``, since
+    ``dy(t_i)/dt_i = f``. Cost grows with ``n_species + n_parameters``; fast to compile and
+    to run when that is small.
 ``"reverse"``
-    Reverse mode through the solver (``diffrax.RecursiveCheckpointAdjoint``), for many parameters.
+    Discretise-then-optimise: reverse mode through the solver's own steps
+    (``diffrax.RecursiveCheckpointAdjoint``, binomial checkpointing). The gradient is the exact
+    gradient of the computed solution, and memory grows only logarithmically with the number
+    of steps; cost is independent of the number of parameters.
+``"adjoint"``
+    Optimise-then-discretise: the continuous adjoint (``diffrax.BacksolveAdjoint``) solves the
+    adjoint ODE backwards in time from the last output time (Pontryagin; Chen et al. 2018).
+    Constant memory and cost independent of the number of parameters, but the gradient is
+    that of the exact solution only up to the tolerance of the backward solve (it is not the
+    gradient of the computed forward solution), and the backward pass reconstructs ``y(t)``
+    by solving backwards, which loses accuracy when the dynamics contract strongly. The time
+    cotangents come from ``f`` as for ``"forward"``. Prefer ``"reverse"`` unless memory
+    limits it.
 ``"auto"``
-    ``expm`` for linear networks, ``forward`` when there are at most 32 inputs, else ``reverse``.
+    ``expm`` for linear networks, ``forward`` when ``n_species + n_parameters <= 32``, else
+    ``reverse`` (as accurate as the forward solve, and faster than ``adjoint`` per step on
+    the mechanisms measured in ``benchmarks/ode_gradients.py``).
+
+Runtime checks
+--------------
+``diffrax.diffeqsolve`` checks its output times with ``equinox.error_if``, which by default
+puts a host callback into the compiled program; JAX never writes a program with host callbacks
+to its persistent compilation cache, so every fit through an ODE would compile from scratch in
+each process. The solves here are traced with equinox's checks in ``"nan"`` mode (a failed
+check turns the solution into NaN, which :func:`make_solver` reports as a failed solve): the
+program has no callbacks and is cached like any other.
 
 References
 ----------
@@ -27,17 +55,23 @@ Moler, C. and Van Loan, C. (2003). Nineteen dubious ways to compute the exponent
 twenty-five years later. SIAM Review 45(1), 3-49.
 
 Kidger, P. (2021). On Neural Differential Equations. PhD thesis, University of Oxford.
+
+Chen, R. T. Q., Rubanova, Y., Bettencourt, J. and Duvenaud, D. (2018). Neural ordinary
+differential equations. NeurIPS 31.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import diffrax
+import equinox._errors as _eqx_errors
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .mechanism import Mechanism
 
@@ -51,7 +85,7 @@ SOLVERS: dict[str, Callable[[], Any]] = {
 }
 """Solvers by name: ``tsit5`` (default, non-stiff), ``kvaerno5`` (stiff, the ``stiff=True`` choice)."""
 
-GRADIENT_METHODS = ("auto", "expm", "forward", "reverse")
+GRADIENT_METHODS = ("auto", "expm", "forward", "reverse", "adjoint")
 
 _FORWARD_MAX_INPUTS = 32
 
@@ -174,30 +208,130 @@ def _expm_solver(mechanism: Mechanism) -> Callable:
     return solve_one
 
 
+def time_increments(times: np.ndarray, *, rtol: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+    """Split fixed output times into steps, shared where they are equal.
+
+    ``t_i = sum_{j <= i} delta_j`` with ``delta_0 = t_0`` (from ``t0 = 0``); steps that agree
+    to ``rtol`` times the largest time are one step (their mean), so a grid made by
+    ``linspace`` has one step however many times it has.
+
+    Parameters
+    ----------
+    times : array, shape (E, T)
+        Non-decreasing times of each experiment, from ``t0 = 0``.
+    rtol : float
+        Relative agreement (to the largest time) under which two steps are the same.
+
+    Returns
+    -------
+    steps : ndarray, shape (U,)
+        The distinct steps.
+    index : ndarray of int, shape (E, T)
+        ``delta[e, i] = steps[index[e, i]]``.
+    """
+    times = np.asarray(times, dtype=float)
+    deltas = np.diff(times, axis=-1, prepend=0.0)
+    scale = max(float(np.max(np.abs(times))), 1e-300) * rtol
+    keys = np.round(deltas / scale)
+    unique, index = np.unique(keys, return_inverse=True)
+    index = index.reshape(deltas.shape)
+    steps = np.array([deltas[index == u].mean() for u in range(len(unique))])
+    return steps, index
+
+
+def make_grid_solver(mechanism: Mechanism, times: np.ndarray) -> Callable:
+    """Exact solver of a linear mechanism at fixed output times, sharing work between times.
+
+    With ``M = [[K, b], [0, 0]]`` (see ``"expm"`` in the module docstring) the solution at
+    ``t_i = delta_0 + ... + delta_i`` is ``expm(t_i M) = expm(delta_i M) ... expm(delta_0 M)``
+    applied to ``[y0; 1]``, since all these exponentials commute. Only one matrix exponential
+    is computed per distinct step (:func:`time_increments`; one for an evenly spaced grid),
+    and the products for all times come from a parallel prefix product
+    (``jax.lax.associative_scan``, ``log2(T)`` levels of batched matrix products). Gradients
+    with respect to ``y0`` and ``k`` by reverse mode, exact up to rounding; the times are fixed.
+
+    Parameters
+    ----------
+    mechanism : Mechanism
+        A linear (first-order) mechanism.
+    times : array, shape (E, T)
+        Output times of each experiment, non-decreasing from ``t0 = 0``.
+
+    Returns
+    -------
+    callable
+        ``solve(y0, k) -> (ys, failed)`` with ``y0`` of shape ``(E, n_species)`` and ``k`` of
+        shape ``(n_parameters,)``; ``ys`` has shape ``(E, T, n_species)`` (zeros for an
+        experiment whose solve failed) and ``failed`` shape ``(E,)``.
+    """
+    if not mechanism.is_linear:
+        raise ValueError("make_grid_solver needs a linear (first-order) mechanism")
+    n = len(mechanism.species)
+    steps, index = time_increments(times)
+    steps = jnp.asarray(steps)
+    index = jnp.asarray(index)
+
+    def solve(y0, k):
+        K, b = mechanism.linear_system(k)
+        M = jnp.zeros((n + 1, n + 1), dtype=jnp.result_type(float))
+        M = M.at[:n, :n].set(K).at[:n, n].set(b)
+        step_maps = jax.vmap(lambda h: expm_small(h * M))(steps)  # (U, n+1, n+1)
+        maps = jax.lax.associative_scan(lambda a, c: c @ a, step_maps[index], axis=1)  # (E, T, ...)
+        z0 = jnp.concatenate([y0, jnp.ones((y0.shape[0], 1), dtype=M.dtype)], axis=-1)
+        ys = jnp.einsum("etij,ej->eti", maps, z0)[..., :n]
+        failed = ~jnp.all(jnp.isfinite(ys), axis=(-2, -1))
+        return jnp.where(failed[:, None, None], 0.0, ys), failed
+
+    return solve
+
+
+@contextlib.contextmanager
+def _checks_without_callbacks() -> Iterator[None]:
+    """Trace ``equinox.error_if`` checks as NaN-producing branches instead of host callbacks.
+
+    Equinox reads its error mode (``EQX_ON_ERROR``, default ``"raise"``) when a check is
+    traced; ``"raise"`` compiles to a host callback, which keeps the program out of JAX's
+    persistent compilation cache. Within this context (and only here) the mode is ``"nan"``.
+    """
+    previous = _eqx_errors.EQX_ON_ERROR
+    _eqx_errors.EQX_ON_ERROR = "nan"
+    try:
+        yield
+    finally:
+        _eqx_errors.EQX_ON_ERROR = previous
+
+
 def _diffrax_solve(mechanism, options: SolverOptions, adjoint, atol: float):
     term = diffrax.ODETerm(mechanism.rhs)
     solver = options.make_solver()
     controller = diffrax.PIDController(rtol=options.rtol, atol=atol)
 
     def solve_one(y0, times, k):
-        sol = diffrax.diffeqsolve(
-            term,
-            solver,
-            t0=0.0,
-            t1=times[-1],
-            dt0=None,
-            y0=y0,
-            args=k,
-            saveat=diffrax.SaveAt(ts=times),
-            stepsize_controller=controller,
-            max_steps=int(options.max_steps),
-            adjoint=adjoint,
-            throw=False,
-        )
+        with _checks_without_callbacks():
+            sol = diffrax.diffeqsolve(
+                term,
+                solver,
+                t0=0.0,
+                t1=times[-1],
+                dt0=None,
+                y0=y0,
+                args=k,
+                saveat=diffrax.SaveAt(ts=times),
+                stepsize_controller=controller,
+                max_steps=int(options.max_steps),
+                adjoint=adjoint,
+                throw=False,
+            )
         failed = (sol.result != diffrax.RESULTS.successful) | ~jnp.all(jnp.isfinite(sol.ys))
         return jnp.where(failed, 0.0, sol.ys), failed
 
     return solve_one
+
+
+def _time_cotangent(mechanism, times, ys, k, g_ys, failed):
+    """Cotangent of the output times: ``g_i . dy(t_i)/dt_i = g_i . f(t_i, y(t_i), k)``."""
+    f = jax.vmap(mechanism.rhs, in_axes=(0, 0, None))(times, ys, k)
+    return jnp.where(failed, 0.0, jnp.einsum("ts,ts->t", g_ys, f))
 
 
 def _forward_solver(mechanism, options, atol) -> Callable:
@@ -215,12 +349,47 @@ def _forward_solver(mechanism, options, atol) -> Callable:
 
         jac, (ys, failed) = jax.jacfwd(with_aux, has_aux=True)(x)
         jac = jnp.where(failed, 0.0, jac)
-        return (ys, failed), (jac, times)
+        return (ys, failed), (jac, x, times, ys, failed)
 
     def solve_bwd(residuals, cotangents):
-        jac, times = residuals
+        jac, x, times, ys, failed = residuals
         g_ys, _ = cotangents
-        return jnp.einsum("tsn,ts->n", jac, g_ys), jnp.zeros_like(times)
+        g_x = jnp.einsum("tsn,ts->n", jac, g_ys)
+        return g_x, _time_cotangent(mechanism, times, ys, x[n:], g_ys, failed)
+
+    solve_flat.defvjp(solve_fwd, solve_bwd)
+
+    def solve_one(y0, times, k):
+        return solve_flat(jnp.concatenate([y0, k]), times)
+
+    return solve_one
+
+
+def _adjoint_solver(mechanism, options, atol) -> Callable:
+    # BacksolveAdjoint differentiates with respect to y0 and args only; the output times get
+    # their cotangent from the right-hand side, as in the forward method.
+    controller = diffrax.PIDController(rtol=options.rtol, atol=atol)
+    adjoint = diffrax.BacksolveAdjoint(
+        solver=options.make_solver(), stepsize_controller=controller, max_steps=int(options.max_steps), throw=False
+    )
+    primal = _diffrax_solve(mechanism, options, adjoint, atol)
+    n = len(mechanism.species)
+
+    @jax.custom_vjp
+    def solve_flat(x, times):
+        return primal(x[:n], times, x[n:])
+
+    def solve_fwd(x, times):
+        (ys, failed), pullback = jax.vjp(lambda x: primal(x[:n], times, x[n:]), x)
+        return (ys, failed), (pullback, x, times, ys, failed)
+
+    def solve_bwd(residuals, cotangents):
+        pullback, x, times, ys, failed = residuals
+        g_ys, g_failed = cotangents
+        with _checks_without_callbacks():  # the backward solve is traced here
+            (g_x,) = pullback((g_ys, g_failed))
+        g_x = jnp.where(failed, 0.0, g_x)
+        return g_x, _time_cotangent(mechanism, times, ys, x[n:], g_ys, failed)
 
     solve_flat.defvjp(solve_fwd, solve_bwd)
 
@@ -257,6 +426,8 @@ def make_solver(mechanism: Mechanism, options: SolverOptions | None = None, *, a
         return _expm_solver(mechanism)
     if method == "forward":
         return _forward_solver(mechanism, options, tol)
+    if method == "adjoint":
+        return _adjoint_solver(mechanism, options, tol)
     return _diffrax_solve(mechanism, options, diffrax.RecursiveCheckpointAdjoint(), tol)
 
 

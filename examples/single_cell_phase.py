@@ -18,7 +18,7 @@ learned concentrations, and writes ``latent.png`` (posterior means coloured by t
 References: Kingma & Welling (2014), Auto-encoding variational Bayes; Jammalamadaka & SenGupta
 (2001), Topics in Circular Statistics, section 8.2.
 
-Run ``python examples/single_cell_phase.py`` (``--small`` for a quick run on 400 cells; ``--out``
+Run ``python examples/single_cell_phase.py`` (``--small`` for a quick run: 400 cells, 600 steps; ``--out``
 for the figures' folder, ``./single-cell-example`` by default).
 """
 
@@ -88,7 +88,7 @@ def main(small: bool = False, out: Path = Path("single-cell-example")) -> dict:
     out = Path(out)
     num_cells, num_genes = (400, 40) if small else (2000, 60)
     cells = simulate_cell_cycle(num_cells, num_genes, num_regions=20, seed=0)
-    settings = {"hidden": 16 if small else 32, "max_steps": 2000 if small else 10000, "progress": not small}
+    settings = {"hidden": 16 if small else 32, "max_steps": 600 if small else 10000, "progress": not small}
     print(f"{num_cells} cells, {num_genes} genes (negative binomial, concentration {cells.concentration}), 20 regions")
     figures = {}
     runs = (True,) if small else (False, True)

@@ -183,7 +183,14 @@ def to_arviz(result, num_samples: int = 1000, *, seed: int | None = None, verdic
     arviz.InferenceData
         Groups and attributes as documented in ``docs/arviz.md``; ``posterior`` has shape
         ``(chain=R, draw=num_samples, ...)`` per site.
+
+    Raises
+    ------
+    ValueError
+        When the model subsamples its data (a minibatch fit): every group would mix minibatches
+        (see :meth:`FitResult.require_full_data`).
     """
+    result.require_full_data("to_arviz")
     az = import_arviz()
 
     n = int(num_samples)

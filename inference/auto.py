@@ -62,7 +62,8 @@ class Attempt:
     guide : str
         The guide's name (``"laplace"`` for the MAP stage).
     level : str
-        Its verdict level (for the MAP stage: of its mode check).
+        Its verdict level (for the MAP stage: of its mode check; ``"not judged"`` for a minibatch fit,
+        which has no verdict).
     reason : str
         The verdict's reason.
     elbo : float
@@ -99,8 +100,9 @@ def latent_dimension(model, args=(), kwargs=None, seed: int = 0) -> tuple[int, s
     Returns
     -------
     (int, str or None)
-        ``d``, and a sentence when the model has discrete latent sites or subsampled plates
-        (local latents), which the joint Gaussian and flow guides do not support; else None.
+        ``d``, and a sentence when the model has discrete latent sites, local latents in a
+        subsampled plate (which the joint Gaussian and flow guides do not support) or any subsampled
+        plate (minibatches: no MAP stage and no verdict to escalate on); else None.
     """
     trace = handlers.trace(handlers.seed(model, seed)).get_trace(*args, **(kwargs or {}))
     # A plate site's args are (size, subsample_size); subsample_size is None when not subsampling.
@@ -121,6 +123,10 @@ def latent_dimension(model, args=(), kwargs=None, seed: int = 0) -> tuple[int, s
                 problem = f"latent site {name!r} sits in the subsampled plate {frame.name!r}"
         value = biject_to(site["fn"].support).inv(site["value"])
         d += int(np.size(value))
+    if problem is None and subsampled:
+        # Each run of the model sees another minibatch: the MAP stage's objective and the verdict
+        # would both change from call to call.
+        problem = f"the plate {sorted(subsampled)[0]!r} subsamples its data (minibatches)"
     return d, problem
 
 
@@ -338,6 +344,16 @@ def fit_auto(
             continue
         if extra_checks:
             result = replace(result, extra_checks=tuple(extra_checks))
+        if result.subsampled_plates:
+            # A minibatch fit has no verdict (every run of the model sees other data points), so
+            # there is nothing to escalate on: the one guide fitted is the result.
+            plate = next(iter(result.subsampled_plates))
+            reason = f"not judged: the plate {plate!r} subsamples its data, so a minibatch fit has no verdict"
+            attempts.append(
+                Attempt(name, "not judged", reason, float("nan"), float("nan"), result.num_steps, time.perf_counter() - t, "kept: " + reason)
+            )
+            chosen = result
+            break
         diagnosis = result.diagnose(khat_draws)
         verdict = diagnosis.verdict
         mean_move, sd_move = _bulk_shift(diagnosis)

@@ -600,7 +600,14 @@ def diagnose(result, num_samples: int = 16000, *, seed: int | None = None, curva
         Seed of the draws; the fit's seed plus two by default.
     curvature : bool
         Run the Laplace (curvature) check.
+
+    Raises
+    ------
+    ValueError
+        When the model subsamples its data (a minibatch fit): the checks need the model's
+        density at fixed data points (see :meth:`FitResult.require_full_data`).
     """
+    result.require_full_data("the verdict (diagnose)")
     key = jax.random.PRNGKey(result.seed + 2 if seed is None else seed)
     sampler = result._posterior_sampler()
     draws = sampler(result.params, key, num_samples)

@@ -10,7 +10,47 @@ import numpy as np
 
 from .stopping import StopReason
 
-__all__ = ["FitResult", "Timings", "Summary"]
+__all__ = ["FitResult", "Timings", "Summary", "subsampled_plates"]
+
+
+def subsampled_plates(model, args=(), kwargs=None) -> dict:
+    """Plates of ``model`` that draw a random subsample of their points on each run.
+
+    The model is traced abstractly (``jax.eval_shape``: shapes only, nothing is computed).
+
+    Parameters
+    ----------
+    model : callable
+        A NumPyro model.
+    args : tuple
+    kwargs : dict, optional
+        The model's arguments.
+
+    Returns
+    -------
+    dict of str to (int, int)
+        ``{plate name: (size, subsample_size)}`` for every ``numpyro.plate`` whose
+        ``subsample_size`` is smaller than its ``size``; empty when the model sees all its data.
+    """
+    from numpyro import handlers
+
+    found = {}
+
+    def run():
+        trace = handlers.trace(handlers.seed(model, 0)).get_trace(*args, **(kwargs or {}))
+        for name, site in trace.items():
+            if site["type"] == "plate":
+                size, subsample_size = site["args"]
+                if subsample_size is not None and subsample_size != size:
+                    found[name] = (int(size), int(subsample_size))
+        return 0
+
+    try:
+        jax.eval_shape(run)
+    except Exception:  # noqa: BLE001 - a model that needs concrete values: trace it for real
+        found.clear()
+        run()
+    return found
 
 
 class Timings(NamedTuple):
@@ -159,6 +199,34 @@ class FitResult:
         return float(-tail.mean()) if tail.size else float("nan")
 
     @property
+    def subsampled_plates(self) -> dict:
+        """Plates of the model that draw a random minibatch on each run: ``{name: (size, subsample_size)}``.
+
+        Empty for a model that sees all its data. See :func:`subsampled_plates`.
+        """
+        if "subsampled_plates" not in self._cache:
+            self._cache["subsampled_plates"] = subsampled_plates(self.model, self.model_args, self.model_kwargs)
+        return self._cache["subsampled_plates"]
+
+    def require_full_data(self, what: str) -> None:
+        """Raise ValueError if the model subsamples its data (draws from it would mix minibatches).
+
+        Draws from the guide, their model densities, the verdict's checks and the ArviZ groups all
+        run the model; with a subsampled plate each run sees another random minibatch, so the
+        draws would belong to different data points. ``what`` names the call in the message.
+        """
+        if not self.subsampled_plates:
+            return
+        name, (size, subsample_size) = next(iter(self.subsampled_plates.items()))
+        raise ValueError(
+            f"{what} cannot use this fit: its model's plate {name!r} draws a random minibatch of {subsample_size} "
+            f"of its {size} points on every run, so each draw would belong to other data points; condition on a "
+            "fixed set of points instead (for a VAE: VAEFit.local_result(data, points)), or give the fitted "
+            "parameters to a model that sees all its data (subsample_size=None, for a VAE batch_size=None). The "
+            "fitted parameters and the loss history are still here (result.params, result.losses)"
+        )
+
+    @property
     def latent_sites(self) -> tuple[str, ...]:
         """Names of the model's latent sample sites, in model order."""
         if "latent_sites" not in self._cache:
@@ -188,9 +256,15 @@ class FitResult:
         -------
         dict of str to ndarray
             Each latent site with shape ``(n, *site_shape)``, in constrained space.
+
+        Raises
+        ------
+        ValueError
+            When the model subsamples its data (see :meth:`require_full_data`).
         """
         from .sampling import sample_guide
 
+        self.require_full_data("FitResult.sample")
         r = self.best_restart if restart is None else int(restart)
         params = jax.tree.map(lambda v: v[r], self.restart_params)
         key = jax.random.PRNGKey(self.seed + 1 if seed is None else seed)
@@ -252,6 +326,7 @@ class FitResult:
         """
         from .diagnostics import KHAT_OK, psis_resample
 
+        self.require_full_data("FitResult.sample_psis")
         diagnosis = self._cache.get("last_diagnosis") or self.diagnose()
         khat = diagnosis.psis.khat
         if not khat <= KHAT_OK:
@@ -270,6 +345,7 @@ class FitResult:
         """
         from .arviz_export import import_arviz
 
+        self.require_full_data("FitResult.summary")
         az = import_arviz()
 
         key = ("summary", num_samples, seed, verdict)

@@ -33,6 +33,14 @@ A conditional VAE (Sohn, Lee & Yan 2015) adds an observed condition :math:`c_i` 
 :math:`\mathcal N(0, I)`; drawing :math:`z \sim \mathcal N(0, I)` and then :math:`x \sim
 p_\theta(x \mid z, c)` samples the learned conditional distribution :math:`p(x \mid c)`.
 
+With ``autoregressive=True`` the modalities are decoded in order, each given ``z``, ``c`` and the
+values of the modalities before it, :math:`p_\theta(x \mid z, c) = \prod_j p_\theta(x_j \mid z, c,
+x_{<j})`. One decoder MLP does this: its input also holds the data (counts as ``log1p``) with the
+blocks from modality :math:`j` on set to zero. Without it the modalities are independent given
+:math:`z` and :math:`c`, and a count block whose marginal is exactly Poisson cannot be correlated
+with another (any dependence on :math:`z` adds :math:`\operatorname{Var} E[x_j \mid z]` to its
+variance); ``examples/ssa_surrogate.py`` needs it for the mRNA and protein counts.
+
 Data may have several *modalities* (for example binary accessibility and expression counts of
 the same cell), each with its own likelihood and all decoded from the one latent :math:`z_i`:
 
@@ -204,9 +212,12 @@ class VAE:
         Width and number of hidden layers of both MLPs.
     encoder, decoder : equinox.nn.MLP
         The networks at initialization (``D + C -> 2 L`` and ``L + C -> D``, ``D`` the total
-        number of features).
+        number of features; ``L + C + D -> D`` for an autoregressive decoder).
     seed : int
         Seed of the network initialization.
+    autoregressive : bool
+        Whether modality ``j`` is decoded from ``z``, ``c`` and the values of modalities
+        ``1..j-1`` (see :func:`build_vae`) instead of from ``z`` and ``c`` alone.
     """
 
     modalities: tuple
@@ -217,6 +228,7 @@ class VAE:
     encoder: Any
     decoder: Any
     seed: int
+    autoregressive: bool = False
     _static: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -342,33 +354,79 @@ class VAE:
         L = self.latent_dim
         return out[..., :L], jax.nn.softplus(out[..., L:]) + _MIN_SCALE
 
-    def likelihoods_with(self, decoder, extras: dict, z, condition=None) -> dict:
+    def _decoder_input(self, z, condition):
+        """Concatenate ``(z, c)`` along the last axis, ``condition`` broadcast against ``z``'s leading axes."""
+        if condition is None:
+            return z
+        return jnp.concatenate([z, jnp.broadcast_to(condition, z.shape[:-1] + (self.condition_dim,))], axis=-1)
+
+    def _head(self, j: int, h, extras: dict):
+        """Return the distribution of modality ``j`` (batch shape ``(..., D_j)``) from the decoder output ``h``."""
+        m = self.modalities[j]
+        start = sum(mm.dim for mm in self.modalities[:j])
+        eta = h[..., start : start + m.dim] + extras[f"{m.name}_offset"]
+        if m.likelihood == "bernoulli":
+            return dist.Bernoulli(logits=eta)
+        if m.likelihood == "poisson":
+            return dist.Poisson(jnp.exp(jnp.clip(eta, -30.0, 30.0)))
+        if m.likelihood == "negative_binomial":
+            mean = jnp.exp(jnp.clip(eta, -30.0, 30.0))
+            return dist.NegativeBinomial2(mean, extras[f"{m.name}_concentration"])
+        return dist.Normal(eta, extras[f"{m.name}_scale"])
+
+    def _run_decoder(self, decoder, inp, j: int | None = None, previous=None):
+        """Run the decoder on ``inp = (z, c)`` of shape ``(..., L + C)``; return its output ``(..., D)``.
+
+        For an autoregressive VAE the input also holds ``previous`` (encoder-style values
+        ``(..., D)`` of the data) with the blocks of modality ``j`` and later set to zero, so that
+        the output block of modality ``j`` depends on modalities ``1..j-1`` only.
+        """
+        if self.autoregressive:
+            start = sum(m.dim for m in self.modalities[:j])
+            mask = (jnp.arange(self.data_dim) < start).astype(inp.dtype)
+            previous = jnp.broadcast_to(previous, inp.shape[:-1] + (self.data_dim,))
+            inp = jnp.concatenate([inp, previous * mask], axis=-1)
+        flat = inp.reshape(-1, inp.shape[-1])
+        return jax.vmap(decoder)(flat).reshape(inp.shape[:-1] + (self.data_dim,))
+
+    def likelihoods_with(self, decoder, extras: dict, z, condition=None, data=None) -> dict:
         """Decoder distributions ``{name: distribution with batch shape (..., D_m)}`` at latents ``z (..., L)``.
 
         ``extras`` holds the per-feature parameters (``<name>_offset``, ``<name>_concentration``,
-        ``<name>_scale``); ``condition`` is broadcast against ``z``'s leading axes.
+        ``<name>_scale``); ``condition`` is broadcast against ``z``'s leading axes. An
+        autoregressive VAE also needs ``data`` (``{name: (..., D_m)}``, broadcast likewise): the
+        values that each later modality is conditioned on.
         """
-        if condition is not None:
-            condition = jnp.broadcast_to(condition, z.shape[:-1] + (self.condition_dim,))
-            inp = jnp.concatenate([z, condition], axis=-1)
-        else:
-            inp = z
-        flat = inp.reshape(-1, inp.shape[-1])
-        h = jax.vmap(decoder)(flat).reshape(inp.shape[:-1] + (self.data_dim,))
-        out, start = {}, 0
-        for m in self.modalities:
-            eta = h[..., start : start + m.dim] + extras[f"{m.name}_offset"]
-            start += m.dim
-            if m.likelihood == "bernoulli":
-                out[m.name] = dist.Bernoulli(logits=eta)
-            elif m.likelihood == "poisson":
-                out[m.name] = dist.Poisson(jnp.exp(jnp.clip(eta, -30.0, 30.0)))
-            elif m.likelihood == "negative_binomial":
-                mean = jnp.exp(jnp.clip(eta, -30.0, 30.0))
-                out[m.name] = dist.NegativeBinomial2(mean, extras[f"{m.name}_concentration"])
-            else:
-                out[m.name] = dist.Normal(eta, extras[f"{m.name}_scale"])
-        return out
+        inp = self._decoder_input(z, condition)
+        if not self.autoregressive:
+            h = self._run_decoder(decoder, inp)
+            return {m.name: self._head(j, h, extras) for j, m in enumerate(self.modalities)}
+        if data is None:
+            raise ValueError(
+                "likelihoods_with: an autoregressive VAE decodes each modality given the earlier ones; pass their "
+                "values as data={name: array}"
+            )
+        previous = self.encoder_input(data)
+        return {
+            m.name: self._head(j, self._run_decoder(decoder, inp, j, previous), extras)
+            for j, m in enumerate(self.modalities)
+        }
+
+    def sample_with(self, decoder, extras: dict, z, condition, key) -> dict:
+        """Draw every modality once per row of ``z (..., L)``: ``{name: (..., D_m)}``.
+
+        An autoregressive VAE draws the modalities in order, each given the draws before it.
+        """
+        keys = jax.random.split(key, len(self.modalities))
+        if not self.autoregressive:
+            out = self.likelihoods_with(decoder, extras, z, condition)
+            return {name: d.sample(k) for (name, d), k in zip(out.items(), keys)}
+        inp = self._decoder_input(z, condition)
+        drawn = {m.name: jnp.zeros(z.shape[:-1] + (m.dim,)) for m in self.modalities}
+        for j, m in enumerate(self.modalities):
+            previous = self.encoder_input({k: jnp.asarray(v, dtype=z.dtype) for k, v in drawn.items()})
+            drawn[m.name] = self._head(j, self._run_decoder(decoder, inp, j, previous), extras).sample(keys[j])
+        return drawn
 
     def _initial_extras(self, data: dict) -> dict:
         """Per-feature parameters at initialization, from the data (see the module docstring)."""
@@ -447,9 +505,10 @@ class VAE:
         with numpyro.plate("point", n, subsample_size=batch_size) as idx:
             z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([self.latent_dim]).to_event(1))
             c = None if condition is None else condition[idx]
-            likelihoods = self.likelihoods_with(decoder, extras, z, c)
+            batch = {m.name: data[m.name][idx] for m in self.modalities}
+            likelihoods = self.likelihoods_with(decoder, extras, z, c, batch)
             for m in self.modalities:
-                numpyro.sample(m.name, likelihoods[m.name].to_event(1), obs=data[m.name][idx])
+                numpyro.sample(m.name, likelihoods[m.name].to_event(1), obs=batch[m.name])
 
 
 def _initial(vae, data, name):
@@ -486,6 +545,7 @@ def build_vae(
     hidden: int = 16,
     depth: int = 1,
     condition_dim: int = 0,
+    autoregressive: bool = False,
     seed: int = 0,
 ) -> VAE:
     """Build a (conditional) VAE with small MLP encoder and decoder.
@@ -504,6 +564,12 @@ def build_vae(
         Number of hidden layers of each network.
     condition_dim : int
         Size ``C`` of the condition ``c``; positive for a conditional VAE (Sohn et al. 2015).
+    autoregressive : bool
+        Decode the modalities in order, each given ``z``, ``c`` and the values of the modalities
+        before it: ``p(x | z, c) = prod_j p(x_j | z, c, x_1..x_{j-1})``. Without it the
+        modalities are independent given ``z`` and ``c``, and count likelihoods (never less
+        spread than Poisson) cannot give one block a Poisson marginal and a correlation with
+        another (docs/surrogate.md).
     seed : int
         Seed of the network weights.
 
@@ -523,11 +589,15 @@ def build_vae(
                               ("condition_dim", condition_dim, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"build_vae: {label} must be an integer of at least {low}, got {value!r}")
+    if not isinstance(autoregressive, bool):
+        raise ValueError(f"build_vae: autoregressive must be True or False, got {autoregressive!r}")
     d = sum(m.dim for m in mods)
     k_enc, k_dec = jax.random.split(jax.random.PRNGKey(seed))
     encoder = eqx.nn.MLP(d + condition_dim, 2 * latent_dim, hidden, depth, activation=jnp.tanh, key=k_enc)
-    decoder = eqx.nn.MLP(latent_dim + condition_dim, d, hidden, depth, activation=jnp.tanh, key=k_dec)
-    return VAE(mods, int(latent_dim), int(condition_dim), int(hidden), int(depth), encoder, decoder, int(seed))
+    decoder_in = latent_dim + condition_dim + (d if autoregressive else 0)
+    decoder = eqx.nn.MLP(decoder_in, d, hidden, depth, activation=jnp.tanh, key=k_dec)
+    return VAE(mods, int(latent_dim), int(condition_dim), int(hidden), int(depth), encoder, decoder, int(seed),
+               autoregressive)
 
 
 # -- results -----------------------------------------------------------------------------------------
@@ -641,7 +711,7 @@ class VAEFit:
             draws = np.asarray(loc + scale * eps)
         return Encoding(np.asarray(loc), np.asarray(scale), draws)
 
-    def decode(self, z, condition=None) -> dict:
+    def decode(self, z, condition=None, *, given=None) -> dict:
         """Mean of ``p(x | z, c)`` per modality: probabilities (Bernoulli), means (counts, normal).
 
         Parameters
@@ -649,6 +719,10 @@ class VAEFit:
         z : array_like, shape (..., L)
         condition : array_like, shape (..., C) or (C,), optional
             Broadcast against ``z``'s leading axes.
+        given : dict of str to array_like, optional
+            Autoregressive VAE only: the values ``{name: (..., D_m)}`` that each modality is
+            decoded given (those of the earlier modalities are used). Without them each modality
+            is decoded given the decoded means of the earlier ones.
 
         Returns
         -------
@@ -656,12 +730,23 @@ class VAEFit:
         """
         z, condition = self._check_latent(z, condition, "decode")
         vae = self.vae
+        if given is not None:
+            given = {m.name: jnp.asarray(given[m.name], dtype=float) for m in vae.modalities}
 
-        def means(nets, z, c):
-            out = vae.likelihoods_with(nets[1], nets[2], z, c)
-            return {k: (d.probs if isinstance(d, dist.BernoulliLogits) else d.mean) for k, d in out.items()}
+        def mean(d):
+            return d.probs if isinstance(d, dist.BernoulliLogits) else d.mean
 
-        return {k: np.asarray(v) for k, v in self._jit("decode", means)(z, condition).items()}
+        def means(nets, z, c, given):
+            if given is not None or not vae.autoregressive:
+                return {k: mean(d) for k, d in vae.likelihoods_with(nets[1], nets[2], z, c, given).items()}
+            inp = vae._decoder_input(z, c)
+            out = {m.name: jnp.zeros(z.shape[:-1] + (m.dim,)) for m in vae.modalities}
+            for j, m in enumerate(vae.modalities):
+                h = vae._run_decoder(nets[1], inp, j, vae.encoder_input(out))
+                out[m.name] = mean(vae._head(j, h, nets[2]))
+            return out
+
+        return {k: np.asarray(v) for k, v in self._jit("decode", means)(z, condition, given).items()}
 
     def generate(self, num_samples: int, condition=None, *, z=None, seed: int = 0) -> dict:
         """Draw new data: ``z ~ N(0, I)`` (or the given ``z``), then ``x ~ p(x | z, c)``.
@@ -688,9 +773,7 @@ class VAEFit:
         vae = self.vae
 
         def draw(nets, z, c, key):
-            out = vae.likelihoods_with(nets[1], nets[2], z, c)
-            keys = jax.random.split(key, len(out))
-            return {k: d.sample(kk) for (k, d), kk in zip(out.items(), keys)}
+            return vae.sample_with(nets[1], nets[2], z, c, key)
 
         return draw
 
@@ -733,7 +816,7 @@ class VAEFit:
             loc, scale = vae.encode_with(enc, d, c)
             eps = jax.random.normal(key, (S,) + loc.shape)
             z = loc + scale * eps
-            lik = vae.likelihoods_with(dec, extras, z, c)
+            lik = vae.likelihoods_with(dec, extras, z, c, d)
             loglik = sum(jnp.sum(lik[m.name].log_prob(d[m.name]), -1) for m in vae.modalities)  # (S, N)
             kl = 0.5 * jnp.sum(loc**2 + scale**2 - 1.0 - 2.0 * jnp.log(scale), -1)  # (N,)
             return loglik - kl
@@ -767,7 +850,7 @@ class VAEFit:
             )
         checked, c = self.vae.check_data(data, condition, where="reconstruction_accuracy")
         loc = self.encode(checked, None if c is None else np.asarray(c)).loc
-        probs = self.decode(loc, None if c is None else np.asarray(c))[modality]
+        probs = self.decode(loc, None if c is None else np.asarray(c), given=checked)[modality]
         return float(np.mean((probs > 0.5) == (np.asarray(checked[modality]) > 0.5)))
 
     def local_result(self, data, points=None, condition=None):

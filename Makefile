@@ -16,13 +16,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/vifit demo
 
+# Two workers, one test file each at a time: JAX compiles on one core, so both cores are used.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 	$(BIN)/mkdocs build --strict --quiet --site-dir site
 
 # Everything, including the slow tests (long fits, NUTS comparisons on every problem).
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m ""
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m ""
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir site

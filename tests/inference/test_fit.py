@@ -138,7 +138,7 @@ def test_posterior_has_plate_dimension_names():
             numpyro.sample("y", dist.Normal(theta, 1.0), obs=y)
 
     r = fit(hierarchical, jnp.array([0.5, -0.3, 1.2]), guide="normal", progress=False, max_steps=300, min_steps=100)
-    idata = r.to_arviz(num_samples=20)
+    idata = r.to_arviz(num_samples=20, verdict=False)
     assert idata.posterior["theta"].dims == ("chain", "draw", "group")
     assert idata.observed_data["y"].dims == ("group",)
     assert idata.posterior.attrs["guide"] == "normal"

@@ -1,5 +1,10 @@
 # The two commands: `make demo` and `make test`. Everything else they need is set up here.
-PYTHON ?= python3.11
+# The interpreter: PYTHON if given, else python3.13 or python3.12 on the PATH, else one that
+# pyenv has installed (3.13, then 3.12).
+PYTHON ?= $(shell for v in 3.13 3.12; do \
+	  p=$$(command -v python$$v 2>/dev/null) && "$$p" -c 'import sys' 2>/dev/null && { echo "$$p"; exit 0; }; \
+	  for r in "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/$$v*/bin/python$$v; do [ -x "$$r" ] && { echo "$$r"; exit 0; }; done; \
+	done)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -7,17 +12,22 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test test-all docs bench lint clean
 
 $(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 2; }
+	@[ -n "$(PYTHON)" ] || { echo "make: vifit needs Python 3.12 or 3.13; install one (e.g. 'pyenv install 3.12' or your system's python3.12 package) or run 'make PYTHON=/path/to/python3.12 ...'"; exit 2; }
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' || { echo "make: $(PYTHON) is older than Python 3.12; vifit needs 3.12 or newer"; exit 2; }
+	@echo "make: using $(PYTHON) ($$($(PYTHON) --version))"
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
+	@echo "make: interpreter $$($(BIN)/python -c 'import sys; print(sys.executable, sys.version.split()[0])')"
 	$(BIN)/vifit demo
 
 # Two workers, one test file each at a time: JAX compiles on one core, so both cores are used.
 test: $(STAMP)
+	@echo "make: interpreter $$($(BIN)/python -c 'import sys; print(sys.executable, sys.version.split()[0])')"
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 	$(BIN)/mkdocs build --strict --quiet --site-dir site
 

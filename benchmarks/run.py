@@ -173,7 +173,7 @@ def run_cli(priors: dict) -> dict:
             runs[label] = rec
         # Diagnostic, not a target: NumPyro's Trace_ELBO sums the sites in the order of a Python set of
         # their names, which changes with the string hash seed of each process; vifit's "elbo"
-        # (inference.objectives.OrderedTrace_ELBO) sums them in trace order, so the warm cache is hit
+        # (inference.engine.objectives.OrderedTrace_ELBO) sums them in trace order, so the warm cache is hit
         # whatever the hash seed. This second fresh cache with a fixed PYTHONHASHSEED (populate, then
         # measure) should time the same as the warm run above.
         cache2 = Path(tempfile.mkdtemp(prefix="vifit-bench-cli-cache-"))

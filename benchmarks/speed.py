@@ -24,7 +24,7 @@ In one run on one machine, one thing at a time, every measurement in a fresh Pyt
    are timed, to split ``svi.run`` into compile and run.
 4. **Step cost on problem a**: a hand-written JAX ELBO loop (full-rank Gaussian on
    ``(log k, log sigma)``, 8 particles by ``vmap``, optax Adam, ``lax.scan`` over chunks of 100
-   jitted steps) against vifit's compiled chunk (``inference.loop.make_chunk``, as ``fit`` runs
+   jitted steps) against vifit's compiled chunk (``inference.engine.loop.make_chunk``, as ``fit`` runs
    it) with the same guide family and particles; steady state, compilation and a warm-up chunk
    excluded. ``fit`` with a fixed number of steps gives a second figure, host work included.
 
@@ -498,10 +498,10 @@ def worker_stepcost(spec: dict) -> dict:
     try:
         from numpyro.infer import SVI
 
-        from inference.fit import make_optimizer
-        from inference.guides import make_guide
-        from inference.loop import init_state, make_chunk
-        from inference.objectives import make_objective
+        from inference.engine.fit import make_optimizer
+        from inference.engine.guides import make_guide
+        from inference.engine.loop import init_state, make_chunk
+        from inference.engine.objectives import make_objective
 
         svi = SVI(
             model,

@@ -33,7 +33,7 @@ GUIDES = ("normal", "multivariate_normal")
 def psis_comparison(result, reference):
     """Compare the PSIS-corrected draws with the reference, or None when k-hat is above 0.7."""
     from inference import compare
-    from inference.arviz_export import import_arviz
+    from inference.outputs.arviz_export import import_arviz
 
     az = import_arviz()
     try:

@@ -22,7 +22,7 @@ import numpy as np
 import numpyro.distributions as dist
 
 from inference import fit, gradient_variance
-from inference.gradients import estimator_samples
+from inference.toolkit.gradients import estimator_samples
 from vi_models import kinetics
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "data"

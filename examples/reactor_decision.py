@@ -19,7 +19,7 @@ with ``B(t)`` from a diffrax solve of the mechanism's right-hand side
 (``diffrax.ForwardMode``) with respect to the end time ``t`` and, through ``k(T)``, the
 temperature. (The project's :func:`vi_models.kinetics.make_solver` is built for fits: for a
 linear mechanism it uses the matrix exponential, and its ``"forward"`` method returns no
-gradient in the times.) :func:`inference.decisions.optimize_expectation` maximizes the expected
+gradient in the times.) :func:`inference.toolkit.decisions.optimize_expectation` maximizes the expected
 utility over the posterior draws by the pathwise gradient. The script checks the answer against
 a grid search of the same expected utility over the same draws, and compares it with the plug-in
 answer, the optimum for the posterior mean of ``k``.
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from inference import fit
-from inference.decisions import expected_value, optimize_expectation
+from inference.toolkit.decisions import expected_value, optimize_expectation
 from vi_models import kinetics
 
 MECHANISM = "A -> B : k1\nB -> C : k2"

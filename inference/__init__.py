@@ -4,23 +4,23 @@ from ._jax_setup import setup as _setup
 
 _setup()
 
-from .arviz_export import to_arviz  # noqa: E402
-from .auto import Attempt, fit_auto  # noqa: E402
-from .compare import Comparison, compare  # noqa: E402
-from .diagnostics import Check, Verdict, diagnose  # noqa: E402
-from .fit import fit  # noqa: E402
-from .decisions import DecisionResult, expected_value, optimize_expectation  # noqa: E402
-from .gradients import GradientReport, gradient_variance  # noqa: E402
-from .guides import GUIDE_NAMES, GUIDES, SpreadInit, WhitenedBNAF, WhitenedIAF, make_guide  # noqa: E402
-from .laplace import MapResult, find_map  # noqa: E402
-from .loop import ChunkInfo, LoopState  # noqa: E402
-from .nuts import NutsResult, nuts  # noqa: E402
-from .objectives import OBJECTIVES, make_objective  # noqa: E402
-from .report import build_report, write_report  # noqa: E402
-from .result import FitResult, Summary, Timings  # noqa: E402
-from .schedules import exponential_anneal, linear_anneal  # noqa: E402
-from .stopping import PlateauRule, StopReason  # noqa: E402
-from .two_sample import EnergyTest, energy_distance, energy_test  # noqa: E402
+from .outputs.arviz_export import to_arviz  # noqa: E402
+from .engine.auto import Attempt, fit_auto  # noqa: E402
+from .checks.compare import Comparison, compare  # noqa: E402
+from .checks.diagnostics import Check, Verdict, diagnose  # noqa: E402
+from .engine.fit import fit  # noqa: E402
+from .toolkit.decisions import DecisionResult, expected_value, optimize_expectation  # noqa: E402
+from .toolkit.gradients import GradientReport, gradient_variance  # noqa: E402
+from .engine.guides import GUIDE_NAMES, GUIDES, SpreadInit, WhitenedBNAF, WhitenedIAF, make_guide  # noqa: E402
+from .engine.laplace import MapResult, find_map  # noqa: E402
+from .engine.loop import ChunkInfo, LoopState  # noqa: E402
+from .checks.nuts import NutsResult, nuts  # noqa: E402
+from .engine.objectives import OBJECTIVES, make_objective  # noqa: E402
+from .outputs.report import build_report, write_report  # noqa: E402
+from .engine.result import FitResult, Summary, Timings  # noqa: E402
+from .engine.schedules import exponential_anneal, linear_anneal  # noqa: E402
+from .engine.stopping import PlateauRule, StopReason  # noqa: E402
+from .checks.two_sample import EnergyTest, energy_distance, energy_test  # noqa: E402
 
 __all__ = [
     "fit",

@@ -7,7 +7,7 @@ skips most of the compilation. It lives in ``$VIFIT_CACHE_DIR`` (default
 A program is found again only if the new process traces exactly the same program, and it is
 stored only if it has no host callbacks. vifit keeps both true for its fits: the default
 objective sums the ELBO's sites in trace order rather than in the hash-seed-dependent order of
-a Python ``set`` (:class:`inference.objectives.OrderedTrace_ELBO`), and the ODE solves trace
+a Python ``set`` (:class:`inference.engine.objectives.OrderedTrace_ELBO`), and the ODE solves trace
 diffrax's runtime checks without host callbacks (:mod:`vi_models.kinetics.ode`). Programs that
 compile in less than 0.05 s are not stored (reading them back would cost about as much).
 Set ``jax.config.update("jax_explain_cache_misses", True)`` to have JAX log each miss and why.

@@ -79,7 +79,7 @@ class RelaxedOneHotCategorical(Distribution):
         :math:`\tau > 0`, broadcast against the batch shape. Small temperatures give draws
         close to one-hot vectors; it is usually annealed from about 1 towards 0.1 during a fit
         (``fit(..., schedules={"temperature": exponential_anneal(1.0, 0.1, n)})``, see
-        :mod:`inference.schedules`).
+        :mod:`inference.engine.schedules`).
     probs : array, shape (..., K), optional
         Category probabilities :math:`\pi` (non-negative, summing to 1 along the last axis).
     logits : array, shape (..., K), optional

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from inference.arviz_export import import_arviz
+from inference.outputs.arviz_export import import_arviz
 
 az = import_arviz()
 

@@ -10,7 +10,7 @@ import numpyro.distributions as dist
 import pytest
 
 from inference import fit
-from inference.decisions import DecisionResult, expected_value, optimize_expectation
+from inference.toolkit.decisions import DecisionResult, expected_value, optimize_expectation
 
 M, S, N = 1.5, 0.7, 4000
 THETA = {"theta": np.random.default_rng(0).normal(M, S, N)}

@@ -9,7 +9,7 @@ import numpyro.distributions as dist
 import pytest
 
 from inference import diagnostics as dg
-from inference.stopping import StopReason
+from inference.engine.stopping import StopReason
 
 N = 16000
 

@@ -162,7 +162,7 @@ def noisy_point(y, noise=None):
 
 
 def test_schedules_pass_a_keyword_that_changes_with_the_step():
-    from inference.schedules import exponential_anneal, linear_anneal
+    from inference.engine.schedules import exponential_anneal, linear_anneal
 
     anneal = exponential_anneal(1.0, 0.1, 400)
     assert float(anneal(0)) == pytest.approx(1.0) and float(anneal(400)) == pytest.approx(0.1)

@@ -26,7 +26,7 @@ from numpyro.distributions import constraints
 from numpyro.infer import Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
 
-from inference.gradients import (
+from inference.toolkit.gradients import (
     ESTIMATORS,
     GradientReport,
     GuideSite,

@@ -13,10 +13,10 @@ import optax
 import pytest
 
 from inference import fit
-from inference.auto import check_modes, guide_ladder, latent_dimension
-from inference.fit import make_optimizer, run_svi
-from inference.guides import GUIDES, canonical_name, make_guide
-from inference.laplace import find_map, layout_and_starts
+from inference.engine.auto import check_modes, guide_ladder, latent_dimension
+from inference.engine.fit import make_optimizer, run_svi
+from inference.engine.guides import GUIDES, canonical_name, make_guide
+from inference.engine.laplace import find_map, layout_and_starts
 
 # -- a small regression with correlated intercept and slope ---------------------------------------
 X = jnp.linspace(2.0, 6.0, 12)  # far from 0: intercept and slope strongly correlated

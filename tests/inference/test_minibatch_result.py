@@ -14,7 +14,7 @@ import numpyro.distributions as dist
 import pytest
 
 from inference import diagnose, fit, to_arviz
-from inference.result import subsampled_plates
+from inference.engine.result import subsampled_plates
 
 N, BATCH = 60, 12
 

@@ -14,9 +14,9 @@ import numpyro.distributions as dist
 import pytest
 
 from inference import fit
-from inference.arviz_export import import_arviz
-from inference.compare import COLUMNS, Comparison, compare
-from inference.nuts import NutsResult, nuts
+from inference.outputs.arviz_export import import_arviz
+from inference.checks.compare import COLUMNS, Comparison, compare
+from inference.checks.nuts import NutsResult, nuts
 
 az = import_arviz()
 
@@ -301,9 +301,9 @@ def test_full_rank_fit_agrees_with_nuts(conjugate_fit, ref):
 
 
 def test_plot_returns_a_figure():
-    plots = pytest.importorskip("inference.plots")
+    plots = pytest.importorskip("inference.outputs.plots")
     if not hasattr(plots, "plot_comparison"):
-        pytest.skip("inference.plots.plot_comparison is not there yet")
+        pytest.skip("inference.outputs.plots.plot_comparison is not there yet")
     z = np.random.default_rng(6).normal(size=(1, 200))
     fig = compare(_idata({"a": z, "b": 0.5 * z}), _idata({"a": z, "b": z})).plot()
     assert fig.axes

@@ -16,7 +16,7 @@ import pytest
 from numpyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from numpyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
-from inference.objectives import OBJECTIVES, RENYI_ALPHA, OrderedTrace_ELBO, make_objective, parse_objective
+from inference.engine.objectives import OBJECTIVES, RENYI_ALPHA, OrderedTrace_ELBO, make_objective, parse_objective
 
 ROOT = Path(__file__).resolve().parents[2]
 Y = jnp.asarray([0.3, -0.4, 1.2, 0.8, 0.1])
@@ -146,9 +146,9 @@ _LOWER = textwrap.dedent(
     import numpyro, numpyro.distributions as dist
     from numpyro.infer import SVI
     import inference
-    from inference.guides import make_guide
-    from inference.loop import init_state, make_chunk
-    from inference.objectives import make_objective
+    from inference.engine.guides import make_guide
+    from inference.engine.loop import init_state, make_chunk
+    from inference.engine.objectives import make_objective
     from vi_models import kinetics
 
     def model(y):

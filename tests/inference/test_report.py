@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from inference.report import build_report, write_report
+from inference.outputs.report import build_report, write_report
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)

@@ -143,7 +143,7 @@ class KineticsModel:
             "initial_species": self.mechanism.species,
         }
 
-    # -- what the ArviZ export adds for this model (see inference.arviz_export) --------------
+    # -- what the ArviZ export adds for this model (see inference.outputs.arviz_export) --------------
     def arviz_constant_data(self) -> dict[str, tuple[list[str], np.ndarray]]:
         """``times`` (experiment, time): measured times; ``initial`` (experiment, initial_species):
         known initial concentrations, NaN where inferred."""

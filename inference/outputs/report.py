@@ -422,7 +422,7 @@ def build_report(idata, *, comparison=None, title: str | None = None) -> str:
         A comparison with a reference posterior, with attributes ``table`` (a DataFrame indexed by
         parameter with columns ``mean, sd, ref_mean, ref_sd, smd, sd_ratio``), ``reference_name``,
         ``reference_idata`` (an InferenceData whose posterior is overlaid on the pair plot, or
-        None), ``mean_tol`` and ``sd_tol``, e.g. ``inference.compare.Comparison``.
+        None), ``mean_tol`` and ``sd_tol``, e.g. ``inference.checks.compare.Comparison``.
     title : str, optional
         Page title; ``posterior.attrs["title"]`` or ``"vifit report"`` by default.
 

@@ -90,8 +90,8 @@ class Summary:
     notes : tuple of str
         Sentences about the fit a reader should see (skipped steps, failures).
     verdict : Verdict or None
-        Whether to trust the posterior (see :mod:`inference.diagnostics`).
-    attempts : tuple of inference.auto.Attempt
+        Whether to trust the posterior (see :mod:`inference.checks.diagnostics`).
+    attempts : tuple of inference.engine.auto.Attempt
         With ``guide="auto"``: every guide tried and why the search moved on.
     """
 
@@ -156,7 +156,7 @@ class FitResult:
     seed : int
     settings : dict
         The settings of the fit (plain data, for ``fit.json``).
-    attempts : tuple of inference.auto.Attempt
+    attempts : tuple of inference.engine.auto.Attempt
         With ``guide="auto"``: every guide tried, in order (the MAP stage first), with its
         verdict and why the search moved on. Empty for a named guide.
     extra_checks : tuple of Check
@@ -277,12 +277,12 @@ class FitResult:
 
     def to_arviz(self, num_samples: int = 1000, *, seed: int | None = None, verdict: bool = True):
         """The posterior as :class:`arviz.InferenceData` (see :func:`inference.to_arviz`)."""
-        from .arviz_export import to_arviz
+        from ..outputs.arviz_export import to_arviz
 
         return to_arviz(self, num_samples=num_samples, seed=seed, verdict=verdict)
 
     def _posterior_sampler(self):
-        """Compiled draws with model and guide densities (:func:`inference.sampling.make_posterior_sampler`)."""
+        """Compiled draws with model and guide densities (:func:`inference.engine.sampling.make_posterior_sampler`)."""
         if "posterior_sampler" not in self._cache:
             from .sampling import make_posterior_sampler
 
@@ -293,7 +293,7 @@ class FitResult:
 
     def diagnose(self, num_samples: int = 16000, *, seed: int | None = None):
         """Every check of the fit, with the draws they used (cached; see :func:`inference.diagnose`)."""
-        from .diagnostics import diagnose
+        from ..checks.diagnostics import diagnose
 
         key = ("diagnosis", num_samples, seed)
         if key not in self._cache:
@@ -304,7 +304,7 @@ class FitResult:
     def verdict(self, num_samples: int = 16000, *, seed: int | None = None):
         """Whether to trust this posterior: *reliable*, *use with care* or *unreliable*, and why.
 
-        See :mod:`inference.diagnostics` for the checks (PSIS k-hat, a Laplace curvature check,
+        See :mod:`inference.checks.diagnostics` for the checks (PSIS k-hat, a Laplace curvature check,
         restart agreement, the stop reason and zero-density draws).
 
         Returns
@@ -324,7 +324,7 @@ class FitResult:
         dict of str to ndarray
             Each latent site with shape ``(num_samples, *site_shape)``.
         """
-        from .diagnostics import KHAT_OK, psis_resample
+        from ..checks.diagnostics import KHAT_OK, psis_resample
 
         self.require_full_data("FitResult.sample_psis")
         diagnosis = self._cache.get("last_diagnosis") or self.diagnose()
@@ -343,7 +343,7 @@ class FitResult:
         The table is :func:`arviz.summary` of draws from the guide of the best restart
         (``kind="stats"``, ``hdi_prob=0.94``); ``verdict=False`` skips the checks.
         """
-        from .arviz_export import import_arviz
+        from ..outputs.arviz_export import import_arviz
 
         self.require_full_data("FitResult.summary")
         az = import_arviz()

@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .stopping import StopReason
+from ..engine.stopping import StopReason
 
 __all__ = [
     "RELIABLE",
@@ -236,7 +236,7 @@ def psis(log_p: np.ndarray, log_q: np.ndarray) -> PsisResult:
 
     Draws with ``log p = -inf`` get weight zero and are left out of the tail fit.
     """
-    from .arviz_export import import_arviz
+    from ..outputs.arviz_export import import_arviz
 
     az = import_arviz()
     raw = np.asarray(log_p, dtype=float) - np.asarray(log_q, dtype=float)
@@ -474,7 +474,7 @@ def check_restarts(losses: np.ndarray, restart_draws: dict | None = None) -> Che
     restart_draws : dict of str to ndarray, each ``(R, n, *shape)``, optional
         Guide draws per restart, for R-hat (each restart one chain).
     """
-    from .arviz_export import import_arviz
+    from ..outputs.arviz_export import import_arviz
 
     R = losses.shape[0]
     if R == 1:

@@ -28,7 +28,7 @@ from numpyro import handlers
 from numpyro.distributions import MaskedDistribution
 from numpyro.distributions.distribution import Unit
 
-from .sampling import draw_prior
+from ..engine.sampling import draw_prior
 
 __all__ = ["to_arviz", "plate_dims", "observed_values", "import_arviz"]
 

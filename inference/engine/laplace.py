@@ -1,6 +1,6 @@
 r"""MAP from several starting points, and the Laplace approximation at each optimum.
 
-The first stage of ``guide="auto"`` (:mod:`inference.auto`). In the unconstrained space
+The first stage of ``guide="auto"`` (:mod:`inference.engine.auto`). In the unconstrained space
 :math:`u` of a model's latent sites, the potential is
 
 .. math::
@@ -119,7 +119,7 @@ def layout_and_starts(model, args=(), kwargs=None, *, num_starts: int = 8, sprea
     Start 0 is the centre: each site's prior median in the unconstrained space, or
     :math:`T^{-1}` of a given value (``init_values``: e.g. initial concentrations read off the
     data); start :math:`r > 0` is :math:`c + s\,(u^*_r - c)` with :math:`u^*_r` a prior draw
-    (:class:`inference.guides.SpreadInit`, applied site by site as the model runs, so priors
+    (:class:`inference.engine.guides.SpreadInit`, applied site by site as the model runs, so priors
     that depend on other sites see the start's values). One compiled forward run of the model,
     vectorized over starts; no gradient is compiled.
 

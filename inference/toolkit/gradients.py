@@ -85,7 +85,7 @@ from numpyro.distributions import constraints
 from numpyro.infer import Trace_ELBO, TraceGraph_ELBO
 from numpyro.infer.util import log_density
 
-from .result import FitResult
+from ..engine.result import FitResult
 
 __all__ = [
     "ESTIMATORS",

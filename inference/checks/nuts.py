@@ -3,7 +3,7 @@ r"""``nuts``: a NUTS reference posterior for any NumPyro model, to check a varia
 NUTS (Hoffman & Gelman 2014) draws from the exact posterior :math:`p(z \mid x)`, up to Monte
 Carlo error, where a variational fit only finds the closest member of its guide family. It is
 slower, so vifit uses it as a reference: run :func:`nuts` once, then
-:func:`inference.compare.compare` a fit against it. The sampler is NumPyro's
+:func:`inference.checks.compare.compare` a fit against it. The sampler is NumPyro's
 ``MCMC(NUTS(model))``; this module adds argument checks, timings, a frozen result and the ArviZ
 hand-off with the same named dimensions as :func:`inference.to_arviz`.
 
@@ -27,7 +27,7 @@ import numpy as np
 from numpyro import handlers
 from numpyro.infer import MCMC, NUTS, init_to_median
 
-from .arviz_export import import_arviz, observed_values, plate_dims
+from ..outputs.arviz_export import import_arviz, observed_values, plate_dims
 
 __all__ = ["nuts", "NutsResult", "NutsTimings", "CHAIN_METHODS"]
 
@@ -410,7 +410,7 @@ def nuts(
     Examples
     --------
     >>> import jax.numpy as jnp, numpyro, numpyro.distributions as dist
-    >>> from inference.nuts import nuts
+    >>> from inference.checks.nuts import nuts
     >>> def model(y):
     ...     mu = numpyro.sample("mu", dist.Normal(0, 10))
     ...     with numpyro.plate("data", y.shape[0]):

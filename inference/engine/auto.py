@@ -4,7 +4,7 @@ What :func:`fit_auto` does, in order:
 
 1. **Robust start (MAP stage).** The Laplace guide is fitted from several starting points at
    once (``map_starts``, vectorized): the first at the prior median, the others spread around
-   it (:class:`inference.guides.SpreadInit`); where the model offers data-informed starting
+   it (:class:`inference.engine.guides.SpreadInit`); where the model offers data-informed starting
    values (a kinetics model's ``initial_values()``: initial concentrations read off the data),
    every start is centred on those instead. The objective is the log joint density in the
    unconstrained space, which is deterministic, so these fits are cheap (one particle). The
@@ -16,7 +16,7 @@ What :func:`fit_auto` does, in order:
    ``d <= 30``: ``multivariate_normal`` then ``iaf`` (a flow on top of the full-rank fit);
    ``30 < d <= 300``: ``low_rank`` then ``multivariate_normal``; larger: ``normal`` then
    ``low_rank``. Each guide starts from the best Gaussian so far.
-3. **Escalation.** After each fit the verdict is computed (:mod:`inference.diagnostics`). A
+3. **Escalation.** After each fit the verdict is computed (:mod:`inference.checks.diagnostics`). A
    fit is accepted when the verdict is *reliable* and Pareto-smoothed importance weighting
    moves no mean by more than ``0.05`` guide sds and no sd by more than 5% (the guide already
    is as good as reweighting can tell). Otherwise the next guide is tried. The result is the
@@ -39,7 +39,7 @@ import numpy as np
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 
-from .diagnostics import RELIABLE, UNRELIABLE, CARE, Check
+from ..checks.diagnostics import RELIABLE, UNRELIABLE, CARE, Check
 from .fit import run_svi
 from .laplace import find_map, layout_and_starts
 from .result import FitResult
@@ -236,7 +236,7 @@ def fit_auto(
         ``ladder`` (guide names to try, in order; default by model size, :func:`guide_ladder`),
         ``map_starts`` (MAP starting points, default 8; 0 skips the MAP stage),
         ``map_spread`` (how far they are spread, default 1.0, see
-        :class:`inference.guides.SpreadInit`), ``khat_draws`` (draws of each verdict, default
+        :class:`inference.engine.guides.SpreadInit`), ``khat_draws`` (draws of each verdict, default
         16000), ``mean_shift`` and ``sd_shift`` (largest PSIS moves of an accepted fit,
         default 0.05 and 0.05).
     Other parameters

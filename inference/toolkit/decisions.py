@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .result import FitResult
+from ..engine.result import FitResult
 
 __all__ = ["DecisionResult", "optimize_expectation", "expected_value"]
 
@@ -172,7 +172,7 @@ class _GuideSampler:
     def __call__(self, params, key, b: int) -> dict:
         from numpyro.distributions.transforms import biject_to
 
-        from .sampling import _latent_names
+        from ..engine.sampling import _latent_names
 
         latent = self.guide.get_posterior(params).sample(key, (b,))
         unpacked = jax.vmap(self.guide._unpack_latent)(latent)
@@ -242,7 +242,7 @@ def _dict_source(draws: Mapping, kind: str = "draws") -> _Source:
 def _fit_source(result: FitResult, value_draws: int, seed: int) -> _Source:
     from numpyro.infer.autoguide import AutoContinuous
 
-    from .sampling import _static_supports
+    from ..engine.sampling import _static_supports
 
     guide = result.guide
     pool = result.sample(value_draws, seed=seed + 1)

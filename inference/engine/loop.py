@@ -91,7 +91,7 @@ def make_chunk(svi: SVI, chunk_size: int, args=(), kwargs=None, schedules=None):
     """Return ``chunk(state) -> (state, ChunkInfo)`` running ``chunk_size`` steps.
 
     ``schedules`` maps keyword names to functions of the step number (see
-    :mod:`inference.schedules`); their values are passed to the model and guide at each step.
+    :mod:`inference.engine.schedules`); their values are passed to the model and guide at each step.
     The function is pure; the caller jits (and vmaps over restarts) it.
     """
     kwargs = kwargs or {}

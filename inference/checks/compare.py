@@ -1,6 +1,6 @@
 r"""``compare``: a posterior against a reference posterior, parameter by parameter.
 
-The usual reference is NUTS (:func:`inference.nuts.nuts`), which is exact up to Monte Carlo
+The usual reference is NUTS (:func:`inference.checks.nuts.nuts`), which is exact up to Monte Carlo
 error; the usual subject is a variational fit, which is only as good as its guide family. For
 every scalar parameter the table gives both means and sds and two scale-free errors:
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .arviz_export import import_arviz, plate_dims
+from ..outputs.arviz_export import import_arviz, plate_dims
 
 __all__ = ["compare", "Comparison", "COLUMNS"]
 
@@ -88,9 +88,9 @@ class Comparison:
         Returns
         -------
         matplotlib.figure.Figure
-            ``inference.plots.plot_comparison(table, mean_tol=..., sd_tol=...)``.
+            ``inference.outputs.plots.plot_comparison(table, mean_tol=..., sd_tol=...)``.
         """
-        from .plots import plot_comparison
+        from ..outputs.plots import plot_comparison
 
         return plot_comparison(self.table, mean_tol=self.mean_tol, sd_tol=self.sd_tol)
 
@@ -162,7 +162,7 @@ def _from_fit(result, num_samples: int, seed: int | None) -> _Draws:
 
 def _side(obj, role: str, num_samples: int, seed: int | None) -> _Draws:
     from .nuts import NutsResult
-    from .result import FitResult
+    from ..engine.result import FitResult
 
     az = import_arviz()
     if isinstance(obj, NutsResult):
@@ -250,8 +250,8 @@ def compare(
     Examples
     --------
     >>> from inference import fit
-    >>> from inference.nuts import nuts
-    >>> from inference.compare import compare
+    >>> from inference.checks.nuts import nuts
+    >>> from inference.checks.compare import compare
     >>> check = compare(fit(model), nuts(model))  # doctest: +SKIP
     >>> print(check)  # doctest: +SKIP
     >>> check.all_ok  # doctest: +SKIP

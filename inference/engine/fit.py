@@ -100,12 +100,12 @@ def fit(
         Passed to the model (and guide) at every step.
     guide : str or guide object
         ``"auto"`` (default: a multistart MAP stage, then the guide chosen by model size and
-        escalated while the verdict is poor, every attempt recorded; see :mod:`inference.auto`),
+        escalated while the verdict is poor, every attempt recorded; see :mod:`inference.engine.auto`),
         a guide name (``"multivariate_normal"``, ``"normal"``, ``"low_rank"``, ``"iaf"``, ``"bnaf"``,
-        ``"delta"``, ``"laplace"``; see :mod:`inference.guides`), or a NumPyro guide object.
+        ``"delta"``, ``"laplace"``; see :mod:`inference.engine.guides`), or a NumPyro guide object.
     objective : str or ELBO
         ``"elbo"`` (NumPyro ``Trace_ELBO``, default), ``"meanfield_elbo"``, or another name of
-        :mod:`inference.objectives`, or an ELBO object.
+        :mod:`inference.engine.objectives`, or an ELBO object.
     num_particles : int
         Monte Carlo draws per step, vectorized. More particles, less gradient noise.
     optimizer : optax.GradientTransformation, optional
@@ -126,7 +126,7 @@ def fit(
     min_steps, max_steps : int, optional
         Shorthand for the stopping rule's limits (defaults 1000 and 20000).
     stopping : PlateauRule, optional
-        The stopping rule; see :mod:`inference.stopping`.
+        The stopping rule; see :mod:`inference.engine.stopping`.
     chunk_size : int
         Steps per compiled chunk; the host checks progress, stopping and non-finite steps
         once per chunk.
@@ -137,10 +137,10 @@ def fit(
         Initial scale of named guides.
     restart_spread : float
         How far restarts after the first start from the prior median, as a fraction of the way
-        to a random prior draw in unconstrained space (:class:`inference.guides.SpreadInit`).
+        to a random prior draw in unconstrained space (:class:`inference.engine.guides.SpreadInit`).
     schedules : dict, optional
         Keyword arguments of the model and guide that change with the step: ``{name: fn}``
-        with ``fn(step) -> value`` (see :mod:`inference.schedules`, e.g. an annealed
+        with ``fn(step) -> value`` (see :mod:`inference.engine.schedules`, e.g. an annealed
         Gumbel-softmax temperature). The result keeps the value at the last step in
         ``model_kwargs``.
     init_params : dict, optional
@@ -149,7 +149,7 @@ def fit(
     guide_options : dict, optional
         Options of a named guide: ``rank`` (``"low_rank"``), ``num_flows`` and
         ``hidden_dims`` (``"iaf"``), ``hidden_factors`` (``"bnaf"``); for ``"auto"``, see
-        :func:`inference.auto.fit_auto`.
+        :func:`inference.engine.auto.fit_auto`.
     progress : bool
         Show a progress bar with the current ELBO.
     method : str
@@ -161,7 +161,7 @@ def fit(
     -------
     FitResult
         ``losses`` has shape ``(restarts, num_steps)``; see :class:`FitResult`. With
-        ``method="nuts"``, a :class:`inference.nuts.NutsResult`.
+        ``method="nuts"``, a :class:`inference.checks.nuts.NutsResult`.
 
     Examples
     --------
@@ -175,7 +175,7 @@ def fit(
     2.0
     """
     if method == "nuts":
-        from .nuts import nuts
+        from ..checks.nuts import nuts
 
         return nuts(model, *args, seed=seed, progress=progress, **kwargs)
     if method != "svi":
@@ -296,7 +296,7 @@ def run_svi(
 ) -> FitResult:
     """One SVI fit of one guide: the engine under :func:`fit` (same arguments, no ``"auto"``).
 
-    ``init_values`` gives starting values of latent sites (see :class:`inference.guides.SpreadInit`).
+    ``init_values`` gives starting values of latent sites (see :class:`inference.engine.guides.SpreadInit`).
     """
     t_start = time.perf_counter()
     restarts = _check_positive_int("restarts", restarts)

@@ -123,7 +123,7 @@ def _write_results(job, result, out: Path, *, num_samples: int, started: float, 
     """Write every output into a temporary sibling folder, then move it into place."""
     import numpy as np
 
-    from .compare import compare
+    from ..checks.compare import compare
     from .report import write_report
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +193,7 @@ def _run(
     nuts_check: bool = False,
     open_report: bool = False,
 ) -> int:
-    from .fit import fit
+    from ..engine.fit import fit
 
     _prepare_out(out)
     options = dict(job.fit_options)
@@ -206,7 +206,7 @@ def _run(
         raise UserError(f"the fit settings are not valid: {err}") from err
     reference = None
     if nuts_check:
-        from .nuts import nuts
+        from ..checks.nuts import nuts
 
         print("vifit: running NUTS for the reference check (4 chains x 1000 + 1000)", flush=True)
         reference = nuts(job.model, seed=options.get("seed", 0), progress=progress)
@@ -234,7 +234,7 @@ def _run(
 def _report(source: Path, out: Path | None, reference: Path | None) -> int:
     """``vifit report posterior.nc``: rebuild report.html (and the plots) from a saved result."""
     from .arviz_export import import_arviz
-    from .compare import compare
+    from ..checks.compare import compare
     from .report import write_report
 
     az = import_arviz()

@@ -1,0 +1,1 @@
+"""The checks behind the verdict: PSIS, curvature, restarts, modes, the NUTS reference."""

@@ -1,0 +1,1 @@
+"""The engine: the target, guide families, optimization, stopping, the result."""

@@ -1,0 +1,1 @@
+"""Outputs: ArviZ export, plots, the HTML report and the command line."""

@@ -1,0 +1,1 @@
+"""The reparameterization toolkit: gradient-estimator reports and decisions under uncertainty."""

@@ -1,7 +1,7 @@
 # The two commands: `make demo` and `make test`. Everything else they need is set up here.
-# The interpreter: PYTHON if given, else python3.13 or python3.12 on the PATH, else one that
-# pyenv has installed (3.13, then 3.12).
-PYTHON ?= $(shell for v in 3.13 3.12; do \
+# The interpreter: PYTHON if given, else python3.12 or python3.13 on the PATH, else one that
+# pyenv has installed (3.12, then 3.13).
+PYTHON ?= $(shell for v in 3.12 3.13; do \
 	  p=$$(command -v python$$v 2>/dev/null) && "$$p" -c 'import sys' 2>/dev/null && { echo "$$p"; exit 0; }; \
 	  for r in "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/$$v*/bin/python$$v; do [ -x "$$r" ] && { echo "$$r"; exit 0; }; done; \
 	done)

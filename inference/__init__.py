@@ -12,7 +12,11 @@ from .engine.fit import fit  # noqa: E402
 from .toolkit.decisions import DecisionResult, expected_value, optimize_expectation  # noqa: E402
 from .toolkit.gradients import GradientReport, gradient_variance  # noqa: E402
 from .engine.guides import GUIDE_NAMES, GUIDES, SpreadInit, WhitenedBNAF, WhitenedIAF, make_guide  # noqa: E402
-from .engine.laplace import MapResult, find_map  # noqa: E402
+from .engine.vi import MapResult, find_map  # noqa: E402
+from .engine.settings import FitSettings  # noqa: E402
+from .engine.target import Target, make_target  # noqa: E402
+from .engine.families import FAMILIES, Family, make_family  # noqa: E402
+from .engine.posterior import FlatPosterior  # noqa: E402
 from .engine.loop import ChunkInfo, LoopState  # noqa: E402
 from .checks.nuts import NutsResult, nuts  # noqa: E402
 from .engine.objectives import OBJECTIVES, make_objective  # noqa: E402
@@ -25,6 +29,13 @@ from .checks.two_sample import EnergyTest, energy_distance, energy_test  # noqa:
 __all__ = [
     "fit",
     "fit_auto",
+    "FitSettings",
+    "Target",
+    "make_target",
+    "Family",
+    "FAMILIES",
+    "make_family",
+    "FlatPosterior",
     "Attempt",
     "FitResult",
     "Summary",

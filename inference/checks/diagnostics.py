@@ -21,7 +21,8 @@ combines five checks, each a :class:`Check` with a level, a sentence and what to
     moves each parameter's mean (in guide sds) and sd (as a ratio). At most 0.7 with shifts within
     0.1 sd and 10%: *reliable*; larger shifts: *use with care* (PSIS-corrected draws fix them).
     Above 0.7: *unreliable* when a mean moves by more than 0.5 sd or an sd by a factor beyond 1.5,
-    else *use with care* (the tails are off, the bulk is close). ArviZ's :func:`arviz.psislw` does the smoothing.
+    else *use with care* (the tails are off, the bulk is close). arviz-stats' PSIS
+    (``arviz_stats.base.array_stats.psislw``) does the smoothing.
 ``curvature``
     A Laplace check, independent of Monte Carlo noise: the Hessian :math:`H` of
     :math:`-\\log p(x, u)` in the unconstrained space :math:`u` at the centre of the guide
@@ -232,13 +233,14 @@ class PsisResult(NamedTuple):
 
 
 def psis(log_p: np.ndarray, log_q: np.ndarray) -> PsisResult:
-    """PSIS of draws from ``q`` with target ``p`` (ArviZ's :func:`arviz.psislw`).
+    """PSIS of draws from ``q`` with target ``p`` (arviz-stats' Pareto smoothing).
 
-    Draws with ``log p = -inf`` get weight zero and are left out of the tail fit.
+    Draws with ``log p = -inf`` get weight zero and are left out of the tail fit. The smoothing is
+    ``arviz_stats.base.array_stats.psislw``, the array layer under :func:`arviz_stats.loo`; it takes
+    the negated log ratios (the log likelihood of LOO), so it is given ``-(log p - log q)``.
     """
-    from ..outputs.arviz_export import import_arviz
+    from arviz_stats.base import array_stats
 
-    az = import_arviz()
     raw = np.asarray(log_p, dtype=float) - np.asarray(log_q, dtype=float)
     finite = np.isfinite(raw)
     out = np.full(raw.shape, -np.inf)
@@ -248,7 +250,10 @@ def psis(log_p: np.ndarray, log_q: np.ndarray) -> PsisResult:
         # Equal weights: the guide is the posterior up to a constant (ArviZ's tail fit degenerates).
         out[finite] = -np.log(finite.sum())
         return PsisResult(out, 0.0, float(finite.sum()), int((~finite).sum()))
-    smoothed, khat = az.psislw(raw[finite])
+    try:
+        smoothed, khat = array_stats.psislw(-raw[finite], r_eff=1.0)
+    except ValueError:  # equal values in the whole tail: no Pareto fit
+        return PsisResult(out, float("inf"), 0.0, int((~finite).sum()))
     out[finite] = smoothed
     w = np.exp(out[finite])
     return PsisResult(out, float(khat), float(1.0 / np.sum(w**2)), int((~finite).sum()))
@@ -358,6 +363,9 @@ def _latent_transforms(model, draws: dict, args, kwargs):
 def check_curvature(model, draws: dict, guide_name: str, args=(), kwargs=None, *, max_dim: int = 200) -> Check:
     """Compare the guide's spread with the Laplace approximation at the guide's centre.
 
+    The model-based form, for fits through NumPyro's SVI (draws of constrained sites); fits on the
+    flat engine call :func:`check_curvature_flat` with the target's Hessian.
+
     Parameters
     ----------
     model : callable
@@ -372,32 +380,53 @@ def check_curvature(model, draws: dict, guide_name: str, args=(), kwargs=None, *
     from jax.flatten_util import ravel_pytree
     from numpyro.infer.util import potential_energy
 
+    from ..engine.guides import fd_hessian
+
     kwargs = kwargs or {}
     transforms = _latent_transforms(model, draws, args, kwargs)
     unconstrained = {name: np.asarray(transforms[name].inv(jnp.asarray(v))) for name, v in draws.items()}
-    labels, u = flatten_draws(unconstrained)
+    # ravel_pytree orders sites by name: the flat layout of the engine.
+    order = sorted(unconstrained)
+    labels, u = flatten_draws(unconstrained, order)
+    if u.shape[1] > max_dim:
+        return Check("curvature", RELIABLE, f"curvature check skipped: {u.shape[1]} dimensions (more than {max_dim})")
+    center = {name: np.median(v, axis=0) for name, v in unconstrained.items()}
+    _, unravel = ravel_pytree({k: jnp.asarray(v) for k, v in center.items()})
+
+    def hessian(x0, steps):
+        def log_density(x):
+            return -potential_energy(model, args, kwargs, unravel(x))
+
+        return np.asarray(jax.jit(lambda x, h: fd_hessian(log_density, x, steps=h))(jnp.asarray(x0), jnp.asarray(steps)))
+
+    return check_curvature_flat(u, labels, hessian, guide_name, max_dim=max_dim)
+
+
+def check_curvature_flat(u: np.ndarray, labels, hessian, guide_name: str, *, max_dim: int = 200) -> Check:
+    """Compare the guide's spread with the Laplace approximation at the guide's centre (flat draws).
+
+    Parameters
+    ----------
+    u : ndarray, shape (n, d)
+        Guide draws in the flat unconstrained space (finite-density draws only).
+    labels : list of str
+        The label of each coordinate.
+    hessian : callable
+        ``hessian(x0, h) -> (d, d)``: the Hessian of the log density at ``x0`` by central
+        differences with steps ``h`` (``h`` is ``1e-2`` guide sds).
+    guide_name : str
+    max_dim : int
+    """
     d = u.shape[1]
     if d > max_dim:
         return Check("curvature", RELIABLE, f"curvature check skipped: {d} dimensions (more than {max_dim})")
-    center = {name: np.median(v, axis=0) for name, v in unconstrained.items()}
-    x0, unravel = ravel_pytree({k: jnp.asarray(v) for k, v in center.items()})
     sd_q = u.std(0)
     if not np.all(sd_q > 0):
         return Check("curvature", RELIABLE, "curvature check skipped: the guide has no spread (a point estimate)")
-    grad = jax.grad(lambda x: potential_energy(model, args, kwargs, unravel(x)))
-    steps = 1e-2 * sd_q
-    # Order of ravel_pytree is sorted by name; align the guide's columns with it.
-    order_labels, _ = flatten_draws({k: center[k][None] for k in sorted(center)})
-    perm = [labels.index(lab) for lab in order_labels]
-    sd_q, u = sd_q[perm], u[:, perm]
-    labels = order_labels
-    h = steps[perm]
-    points = np.concatenate([x0 + np.diag(h), x0 - np.diag(h)])
-    grads = np.asarray(jax.jit(jax.vmap(grad))(jnp.asarray(points)))
-    if not np.all(np.isfinite(grads)):
+    x0 = np.median(u, axis=0)
+    hess = -np.asarray(hessian(x0, 1e-2 * sd_q), dtype=float)
+    if not np.all(np.isfinite(hess)):
         return Check("curvature", RELIABLE, "curvature check skipped: the gradient is not finite near the guide's centre")
-    hess = (grads[:d] - grads[d:]) / (2 * h[:, None])
-    hess = 0.5 * (hess + hess.T)
     eig = np.linalg.eigvalsh(hess)
     if eig.min() <= 0:
         return Check(
@@ -474,8 +503,6 @@ def check_restarts(losses: np.ndarray, restart_draws: dict | None = None) -> Che
     restart_draws : dict of str to ndarray, each ``(R, n, *shape)``, optional
         Guide draws per restart, for R-hat (each restart one chain).
     """
-    from ..outputs.arviz_export import import_arviz
-
     R = losses.shape[0]
     if R == 1:
         return Check(
@@ -496,10 +523,12 @@ def check_restarts(losses: np.ndarray, restart_draws: dict | None = None) -> Che
     behind = [r for r in range(R) if not ok[r] or gap[r] > tol[r]]
     rhat_text, rhat_max = "", 1.0
     if restart_draws:
-        az = import_arviz()
+        from arviz_stats.base import array_stats
+
         labels, _ = flatten_draws({k: v[0] for k, v in restart_draws.items()})
         stacked = np.stack([flatten_draws({k: v[r] for k, v in restart_draws.items()})[1] for r in range(R)])
-        rhats = np.array([float(az.rhat(stacked[:, :, j])) for j in range(stacked.shape[2])])
+        # Rank-normalized split R-hat of each coordinate, restarts as chains: (R, n, d) -> (d,).
+        rhats = np.asarray(array_stats.rhat(np.moveaxis(stacked, 2, 0), chain_axis=-2, draw_axis=-1), dtype=float)
         j = int(np.nanargmax(rhats))
         rhat_max = float(rhats[j])
         rhat_text = f"R-hat across restarts at most {rhat_max:.3f} ({labels[j]})"
@@ -608,6 +637,8 @@ def diagnose(result, num_samples: int = 16000, *, seed: int | None = None, curva
         density at fixed data points (see :meth:`FitResult.require_full_data`).
     """
     result.require_full_data("the verdict (diagnose)")
+    if getattr(result, "posterior", None) is not None:
+        return _diagnose_flat(result, num_samples, seed=seed, curvature=curvature)
     key = jax.random.PRNGKey(result.seed + 2 if seed is None else seed)
     sampler = result._posterior_sampler()
     draws = sampler(result.params, key, num_samples)
@@ -655,6 +686,49 @@ def diagnose(result, num_samples: int = 16000, *, seed: int | None = None, curva
     verdict = Verdict.from_checks(checks, khat=weights.khat, khat_draws=int(num_samples), ess=weights.ess)
     with np.errstate(invalid="ignore"):
         log_w = np.asarray(draws.log_p, dtype=float) - np.asarray(draws.log_q, dtype=float)
+    elbo = float(np.mean(log_w)) if np.all(np.isfinite(log_w)) else float("-inf")
+    elbo_se = float(np.std(log_w) / np.sqrt(log_w.size)) if math.isfinite(elbo) else float("nan")
+    return Diagnosis(verdict=verdict, draws=latent, psis=weights, shift=shift, elbo=elbo, elbo_se=elbo_se)
+
+
+def _diagnose_flat(result, num_samples: int, *, seed: int | None, curvature: bool) -> Diagnosis:
+    """:func:`diagnose` for a fit on the flat engine: every model density from the one compiled target.
+
+    The draws, their log densities and the shifts are in the flat unconstrained space (positive
+    parameters on the log scale), where a Gaussian guide is fitted and where moments of positive
+    parameters are best compared.
+    """
+    posterior = result.posterior
+    target = posterior.target
+    labels = target.layout.labels()
+    seed = result.seed + 2 if seed is None else int(seed)
+    u, log_q = posterior.draw(result.best_restart, seed, int(num_samples))
+    log_p = target.log_density(u)
+    latent = {label: u[:, j] for j, label in enumerate(labels)}
+    checks = [
+        check_stopping(
+            result.stop_reason,
+            result.num_steps,
+            int(np.sum(result.nonfinite_steps)),
+            result.num_restarts,
+            result.nonfinite_reason,
+        ),
+        check_density(log_p),
+    ]
+    psis_check, weights, shift = check_psis(log_p, log_q, latent, labels, result.guide_name)
+    if curvature:
+        finite = np.isfinite(log_p)
+        checks.append(check_curvature_flat(u[finite], labels, target.hessian, result.guide_name))
+    checks.append(psis_check)
+    restart_draws = None
+    if result.num_restarts > 1:
+        parts = [posterior.draw(r, result.seed + 3, 1000)[0] for r in range(result.num_restarts)]
+        restart_draws = {label: np.stack([p[:, j] for p in parts]) for j, label in enumerate(labels)}
+    checks.append(check_restarts(result.losses, restart_draws))
+    checks.extend(getattr(result, "extra_checks", ()))
+    verdict = Verdict.from_checks(checks, khat=weights.khat, khat_draws=int(num_samples), ess=weights.ess)
+    with np.errstate(invalid="ignore"):
+        log_w = log_p - log_q
     elbo = float(np.mean(log_w)) if np.all(np.isfinite(log_w)) else float("-inf")
     elbo_se = float(np.std(log_w) / np.sqrt(log_w.size)) if math.isfinite(elbo) else float("nan")
     return Diagnosis(verdict=verdict, draws=latent, psis=weights, shift=shift, elbo=elbo, elbo_se=elbo_se)

@@ -33,17 +33,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 
 from ..checks.diagnostics import RELIABLE, UNRELIABLE, CARE, Check
-from .fit import run_svi
-from .laplace import find_map, layout_and_starts
 from .result import FitResult
 from .schedules import check_schedules
+from .settings import FitSettings
 
 __all__ = ["Attempt", "fit_auto", "guide_ladder", "latent_dimension", "check_modes", "AUTO_OPTIONS"]
 
@@ -78,6 +76,8 @@ class Attempt:
     outcome : str
         What happened next: ``"start"`` (the MAP stage), ``"accepted"``, ``"moved on: ..."``
         with the reason, or ``"failed: ..."``.
+    grad_evals : int
+        Points at which the model's log density and gradient were evaluated.
     """
 
     guide: str
@@ -88,6 +88,7 @@ class Attempt:
     num_steps: int
     seconds: float
     outcome: str
+    grad_evals: int = 0
 
     def as_dict(self) -> dict:
         """Plain data (for ``fit.json``)."""
@@ -204,45 +205,42 @@ def _gaussian_start(guide: str, loc: np.ndarray, scale_tril: np.ndarray) -> dict
     return None
 
 
-def fit_auto(
-    model,
-    *args: Any,
-    objective="elbo",
-    num_particles: int = 8,
-    optimizer=None,
-    lr=0.01,
-    clip_norm=None,
-    seed: int = 0,
-    restarts: int = 1,
-    min_steps=None,
-    max_steps=None,
-    stopping=None,
-    chunk_size: int = 100,
-    nonfinite_limit: float = 0.1,
-    init_scale: float = 0.1,
-    restart_spread: float = 0.5,
-    schedules=None,
-    progress: bool = True,
-    options: dict | None = None,
-    **kwargs: Any,
-) -> FitResult:
+def _data_informed(target, starts: np.ndarray, values: dict) -> np.ndarray:
+    """Starts moved so that the sites with data-informed values are centred on them.
+
+    Each start keeps its spread: ``c + (u_r - u_0)`` for the coordinates of a site with value
+    ``c`` (mapped to the unconstrained space by the site's support bijection).
+    """
+    layout, trace = target.layout, target.prototype_trace
+    out = starts.copy()
+    i = 0
+    for name, shape in zip(layout.names, layout.shapes):
+        n = int(np.prod(shape))
+        if name in values:
+            c = np.ravel(np.asarray(biject_to(trace[name]["fn"].support).inv(np.asarray(values[name], dtype=float))))
+            if c.size == n and np.all(np.isfinite(c)):
+                out[:, i : i + n] = c[None] + (starts[:, i : i + n] - starts[:1, i : i + n])
+        i += n
+    return out
+
+
+def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResult:
     """Fit ``model`` with the guide chosen and escalated automatically (see the module docstring).
 
     Parameters
     ----------
-    model, *args, **kwargs
-        The NumPyro model and its arguments.
-    options : dict, optional
-        ``ladder`` (guide names to try, in order; default by model size, :func:`guide_ladder`),
-        ``map_starts`` (MAP starting points, default 8; 0 skips the MAP stage),
-        ``map_spread`` (how far they are spread, default 1.0, see
-        :class:`inference.engine.guides.SpreadInit`), ``khat_draws`` (draws of each verdict, default
-        16000), ``mean_shift`` and ``sd_shift`` (largest PSIS moves of an accepted fit,
-        default 0.05 and 0.05).
-    Other parameters
-        As :func:`inference.fit`; they apply to every variational attempt, except that without
-        a stopping rule or step limits the attempts run 500 to 5000 steps (they start at the
-        Laplace approximation, near the optimum).
+    model : callable
+    args : tuple
+    kwargs : dict
+        The model and its arguments.
+    settings : FitSettings
+        ``settings.guide_options`` holds the options of ``auto``: ``ladder`` (guide names to try,
+        in order; default by model size, :func:`guide_ladder`), ``map_starts`` (MAP starting
+        points, default 8; 0 skips the MAP stage), ``map_spread`` (how far they are spread,
+        default 1.0), ``khat_draws`` (draws of each verdict, default 16000), ``mean_shift`` and
+        ``sd_shift`` (largest PSIS moves of an accepted fit, default 0.05 and 0.05). The other
+        settings apply to every variational attempt, except that without a stopping rule or step
+        limits the attempts run 500 to 5000 steps (they start at the Laplace approximation).
 
     Returns
     -------
@@ -250,8 +248,12 @@ def fit_auto(
         The chosen attempt, with ``attempts`` (every :class:`Attempt`, the MAP stage first) and
         ``settings["guide"] == "auto"``; its verdict is already computed.
     """
+    from .fit import fit_flat, flat_guide, target_for
+    from .svi import run_svi
+    from .vi import find_map
+
     t0 = time.perf_counter()
-    options = dict(options or {})
+    options = dict(settings.guide_options)
     unknown = sorted(set(options) - set(AUTO_OPTIONS))
     if unknown:
         raise ValueError(f"guide='auto' has no option {unknown[0]!r}; it takes {', '.join(AUTO_OPTIONS)}")
@@ -262,32 +264,18 @@ def fit_auto(
     sd_tol = float(options.get("sd_shift", 0.05))
     if map_starts < 0:
         raise ValueError(f"map_starts must be 0 (no MAP stage) or a positive number of starts, got {map_starts}")
+    base = settings.with_(guide_options={})
+    if settings.stopping is None and settings.min_steps is None and settings.max_steps is None:
+        base = base.with_(min_steps=500, max_steps=5000)
 
-    schedules = check_schedules(schedules, kwargs)
-    # The MAP stage and the model inspection see scheduled keywords at their first value.
-    start_kwargs = dict(kwargs, **{name: fn(0) for name, fn in schedules.items()})
-    d, problem = latent_dimension(model, args, start_kwargs, seed)
+    flat = flat_guide(base.with_(guide="multivariate_normal")) is not None
+    target = target_for(model, args, kwargs, base) if flat else None
+    problem = None
+    if target is None:
+        d, problem = latent_dimension(model, args, dict(kwargs, **{k: f(0) for k, f in check_schedules(settings.schedules, kwargs).items()}), settings.seed)
+    else:
+        d = target.dim
     ladder = tuple(options.get("ladder") or (guide_ladder(d) if problem is None else ("normal",)))
-    if stopping is None and min_steps is None and max_steps is None:
-        min_steps, max_steps = 500, 5000
-    common = dict(
-        objective=objective,
-        num_particles=num_particles,
-        optimizer=optimizer,
-        lr=lr,
-        clip_norm=clip_norm,
-        seed=seed,
-        restarts=restarts,
-        min_steps=min_steps,
-        max_steps=max_steps,
-        stopping=stopping,
-        chunk_size=chunk_size,
-        nonfinite_limit=nonfinite_limit,
-        init_scale=init_scale,
-        restart_spread=restart_spread,
-        schedules=schedules,
-        progress=progress,
-    )
     data_values = {}
     initial_values = getattr(model, "initial_values", None)
     if callable(initial_values):
@@ -295,14 +283,14 @@ def fit_auto(
 
     attempts: list[Attempt] = []
     extra_checks: list[Check] = []
-    start_loc = start_tril = None
-    start_values = data_values or None
-    if problem is None and map_starts > 0 and d >= 1:
+    start = None
+    if target is not None and map_starts > 0:
         t = time.perf_counter()
-        layout, starts = layout_and_starts(
-            model, args, start_kwargs, num_starts=map_starts, spread=map_spread, seed=seed, init_values=data_values or None
-        )
-        found = find_map(model, args, start_kwargs, layout=layout, starts=starts)
+        evals0 = target.num_grad_evals
+        starts = target.starts(max(map_starts, 1), spread=map_spread, seed=settings.seed)
+        if data_values:
+            starts = _data_informed(target, starts, data_values)
+        found = find_map(target, starts)
         best = found.best
         if not np.isfinite(found.potential[best]):
             modes = Check(
@@ -314,31 +302,27 @@ def fit_auto(
             outcome = "failed: no finite start; the guides start from the prior median"
         else:
             modes = check_modes(found.locs, found.potential, found.scale_trils, best)
-            start_loc = found.locs[best]
-            start_tril = found.scale_trils[best] if found.laplace_ok else np.eye(d) * init_scale
-            start_values = layout.constrain(model, start_loc, args, start_kwargs)
+            tril = found.scale_trils[best] if found.laplace_ok else np.eye(d) * settings.init_scale
+            start = (found.locs[best], tril)
             outcome = "start" if found.laplace_ok else "start (Hessian not positive definite: the guides start at the MAP with a small scale)"
         extra_checks.append(modes)
         attempts.append(
-            Attempt(
-                "laplace",
-                modes.level,
-                modes.message,
-                float(-found.potential[best]),
-                float("nan"),
-                int(found.iterations.max()),
-                time.perf_counter() - t,
-                outcome,
-            )
+            Attempt("laplace", modes.level, modes.message, float(-found.potential[best]), float("nan"),
+                    int(found.iterations.max()), time.perf_counter() - t, outcome,
+                    grad_evals=int(target.num_grad_evals - evals0))
         )
 
     chosen: FitResult | None = None
     chosen_key = None
     for i, name in enumerate(ladder):
         t = time.perf_counter()
-        init_params = None if start_loc is None else _gaussian_start(name, start_loc, start_tril)
+        evals0 = target.num_grad_evals if target is not None else 0
+        attempt_settings = base.with_(guide=name)
         try:
-            result = run_svi(model, *args, guide=name, init_params=init_params, init_values=start_values, **common, **kwargs)
+            if target is not None and flat_guide(attempt_settings) is not None:
+                result = fit_flat(target, attempt_settings, start=start)
+            else:
+                result = run_svi(model, args, kwargs, attempt_settings)
         except ValueError as err:
             attempts.append(Attempt(name, UNRELIABLE, str(err), float("nan"), float("nan"), 0, time.perf_counter() - t, f"failed: {err}"))
             continue
@@ -370,8 +354,10 @@ def fit_auto(
             )
         else:
             outcome = f"moved on: {verdict.level} ({verdict.reason}); trying {ladder[i + 1]}"
+        evals = int(target.num_grad_evals - evals0) if target is not None else int(result.num_steps * (settings.num_particles or 8))
         attempts.append(
-            Attempt(name, verdict.level, verdict.reason, diagnosis.elbo, verdict.khat, result.num_steps, time.perf_counter() - t, outcome)
+            Attempt(name, verdict.level, verdict.reason, diagnosis.elbo, verdict.khat, result.num_steps,
+                    time.perf_counter() - t, outcome, grad_evals=evals)
         )
         if chosen is None or key > chosen_key:
             chosen, chosen_key = result, key
@@ -379,8 +365,7 @@ def fit_auto(
             break
         # The next guide starts from this fit when it is a full-rank Gaussian at least as good.
         if name == "multivariate_normal" and key >= chosen_key:
-            start_loc = np.asarray(result.params["auto_loc"])
-            start_tril = np.asarray(result.params["auto_scale_tril"])
+            start = (np.asarray(result.params["auto_loc"]), np.asarray(result.params["auto_scale_tril"]))
     if chosen is None:
         raise ValueError(
             "guide='auto' could not fit any guide: " + "; ".join(f"{a.guide}: {a.outcome}" for a in attempts)
@@ -392,11 +377,10 @@ def fit_auto(
         else a
         for a in attempts
     ]
-    settings = dict(chosen.settings, guide="auto", chosen_guide=kept, ladder=list(ladder), latent_dimension=d)
-    settings["attempts"] = [a.as_dict() for a in attempts]
+    record = dict(chosen.settings, guide="auto", chosen_guide=kept, ladder=list(ladder), latent_dimension=d)
+    record["attempts"] = [a.as_dict() for a in attempts]
+    record["grad_evals"] = int(sum(a.grad_evals for a in attempts))
     if problem is not None:
-        settings["auto_note"] = f"{problem}, so guide='auto' used the mean-field guide"
+        record["auto_note"] = f"{problem}, so guide='auto' used the mean-field guide"
     timings = chosen.timings._replace(total_s=time.perf_counter() - t0)
-    return replace(chosen, attempts=tuple(attempts), settings=settings, timings=timings)
-
-
+    return replace(chosen, attempts=tuple(attempts), settings=record, timings=timings)

@@ -264,15 +264,16 @@ class WhitenedBNAF(_Whitened, autoguide.AutoBNAFNormal):
 
 
 # -- Laplace ----------------------------------------------------------------------------------------
-def fd_hessian(f: Callable, x: jax.Array, rel_step: float = 1e-4) -> jax.Array:
+def fd_hessian(f: Callable, x: jax.Array, rel_step: float = 1e-4, steps: jax.Array | None = None) -> jax.Array:
     """Hessian of scalar ``f`` at ``x`` by central differences of its exact gradient.
 
     Column ``i`` is ``(grad f(x + h_i e_i) - grad f(x - h_i e_i)) / (2 h_i)`` with
-    ``h_i = rel_step * max(1, |x_i|)``; the result is symmetrized. ``2 d`` gradient evaluations,
-    vectorized. Works where forward-over-reverse differentiation does not (custom gradients).
+    ``h_i = rel_step * max(1, |x_i|)`` (or the given ``steps``); the result is symmetrized. ``2 d``
+    gradient evaluations, vectorized. Works where forward-over-reverse differentiation does not
+    (custom gradients).
     """
     g = jax.grad(f)
-    h = rel_step * jnp.maximum(1.0, jnp.abs(x))
+    h = rel_step * jnp.maximum(1.0, jnp.abs(x)) if steps is None else steps
     eye = jnp.diag(h)
     grads = jax.vmap(g)(jnp.concatenate([x + eye, x - eye]))
     d = x.shape[0]

@@ -53,6 +53,13 @@ def subsampled_plates(model, args=(), kwargs=None) -> dict:
     return found
 
 
+def _count(name: str, value: Any) -> int:
+    """A positive whole number of draws, or a ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive whole number of draws, got {value!r}")
+    return int(value)
+
+
 class Timings(NamedTuple):
     """Wall-clock seconds of the phases of a fit.
 
@@ -115,15 +122,26 @@ class Summary:
             lines += ["", "guide='auto' tried:"] + [
                 f"  {a.guide}: {a.outcome} [{a.level}; {a.num_steps} steps, {a.seconds:.1f} s]" for a in self.attempts
             ]
-        lines += ["", self.table.to_string(float_format=lambda v: f"{v:.4g}")]
+
+        def cell(value) -> str:
+            # Significant figures, not decimals: 1.2e-4 prints as 0.00012, 0.005123 as 0.005123.
+            if isinstance(value, (float, np.floating)):
+                return f"{float(value):.4g}"
+            return str(value)
+
+        lines += ["", self.table.map(cell).to_string()]
         lines += [""] + [f"note: {n}" for n in self.notes] if self.notes else []
         if self.verdict is not None:
             lines += ["", str(self.verdict)]
         return "\n".join(lines)
 
     def to_csv(self, path) -> None:
-        """Write the table as CSV (one row per parameter)."""
-        self.table.to_csv(path, index_label="parameter")
+        """Write the table as CSV (one row per parameter), every number at full precision.
+
+        Numbers are written as the shortest text that reads back as the same float (Python's
+        ``repr``), so a rate of 1.2e-4 is not rounded away; only the printed table is shortened.
+        """
+        self.table.to_csv(path, index_label="parameter", float_format=None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,6 +180,9 @@ class FitResult:
     extra_checks : tuple of Check
         Checks computed while fitting that the verdict includes (``guide="auto"``: whether the
         MAP starts found separate optima).
+    posterior : FlatPosterior or None
+        For a fit on the flat engine: the compiled target, the guide family and its parameters
+        per restart (draws and densities come from it); None for a fit through NumPyro's SVI.
     """
 
     model: Any
@@ -183,6 +204,7 @@ class FitResult:
     settings: dict
     attempts: tuple = ()
     extra_checks: tuple = ()
+    posterior: Any = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -204,6 +226,8 @@ class FitResult:
 
         Empty for a model that sees all its data. See :func:`subsampled_plates`.
         """
+        if self.posterior is not None:
+            return {}  # the flat engine refuses subsampled plates
         if "subsampled_plates" not in self._cache:
             self._cache["subsampled_plates"] = subsampled_plates(self.model, self.model_args, self.model_kwargs)
         return self._cache["subsampled_plates"]
@@ -229,6 +253,8 @@ class FitResult:
     @property
     def latent_sites(self) -> tuple[str, ...]:
         """Names of the model's latent sample sites, in model order."""
+        if "latent_sites" not in self._cache and self.posterior is not None:
+            self._cache["latent_sites"] = tuple(self.posterior.target.layout.model_order)
         if "latent_sites" not in self._cache:
             trace = getattr(self.guide, "prototype_trace", None)
             if trace is not None:
@@ -265,7 +291,11 @@ class FitResult:
         from .sampling import sample_guide
 
         self.require_full_data("FitResult.sample")
+        num_samples = _count("num_samples", num_samples)
         r = self.best_restart if restart is None else int(restart)
+        if self.posterior is not None:
+            draws = self.posterior.model_draws(r, self.seed + 1 if seed is None else int(seed), num_samples)
+            return {name: draws.latent[name] for name in self.latent_sites}
         params = jax.tree.map(lambda v: v[r], self.restart_params)
         key = jax.random.PRNGKey(self.seed + 1 if seed is None else seed)
         return sample_guide(self.guide, params, key, int(num_samples), self.model_args, self.model_kwargs)
@@ -276,13 +306,15 @@ class FitResult:
         return {name: np.stack([d[name] for d in draws]) for name in draws[0]}
 
     def to_arviz(self, num_samples: int = 1000, *, seed: int | None = None, verdict: bool = True):
-        """The posterior as :class:`arviz.InferenceData` (see :func:`inference.to_arviz`)."""
+        """The posterior as an ArviZ :class:`xarray.DataTree` (see :func:`inference.to_arviz`)."""
         from ..outputs.arviz_export import to_arviz
 
         return to_arviz(self, num_samples=num_samples, seed=seed, verdict=verdict)
 
     def _posterior_sampler(self):
         """Compiled draws with model and guide densities (:func:`inference.engine.sampling.make_posterior_sampler`)."""
+        if "posterior_sampler" not in self._cache and self.posterior is not None:
+            self._cache["posterior_sampler"] = self.posterior.sampler()
         if "posterior_sampler" not in self._cache:
             from .sampling import make_posterior_sampler
 
@@ -340,20 +372,19 @@ class FitResult:
     def summary(self, num_samples: int = 2000, *, seed: int | None = None, verdict: bool = True) -> Summary:
         """Posterior mean, sd and 94% HDI of every parameter, with the fit's status and verdict.
 
-        The table is :func:`arviz.summary` of draws from the guide of the best restart
-        (``kind="stats"``, ``hdi_prob=0.94``); ``verdict=False`` skips the checks.
+        The table is :func:`arviz_stats.summary` of draws from the guide of the best restart
+        (``kind="stats"``, 94% HDI, unrounded; see
+        :func:`inference.outputs.arviz_export.summary_table`); ``verdict=False`` skips the checks.
         """
-        from ..outputs.arviz_export import import_arviz
+        from ..outputs.arviz_export import summary_table
 
         self.require_full_data("FitResult.summary")
-        az = import_arviz()
 
         key = ("summary", num_samples, seed, verdict)
         if key not in self._cache:
             draws = self.sample(num_samples, seed=seed)
             # The best restart only: pooling restarts that disagree would blur the table.
-            posterior = az.from_dict(posterior={k: v[None] for k, v in draws.items()}).posterior
-            table = az.summary(posterior, kind="stats", hdi_prob=0.94, var_names=list(self.latent_sites))
+            table = summary_table(draws, kind="stats", hdi_prob=0.94, var_names=list(self.latent_sites))
             self._cache[key] = Summary(
                 table=table,
                 guide=self.guide_name + (" (auto)" if self.attempts else ""),

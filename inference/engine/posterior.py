@@ -1,0 +1,138 @@
+"""A fitted guide family over a target: draws, their densities, and the guide's parameters by name.
+
+:class:`FlatPosterior` is what a fit on the flat engine hands to the result: the compiled
+:class:`~inference.engine.target.Target`, the :class:`~inference.engine.families.Family` and its
+parameters per restart. Draws come from a small compiled program of the family (no model); their
+model densities from the target's one log-density program (the verdict, PSIS), and constrained
+values, predictive draws and pointwise log likelihoods from the target's predictive program (the
+ArviZ export).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .families import Family
+from .sampling import ModelDraws
+from .target import Target
+
+__all__ = ["FlatPosterior", "public_params"]
+
+#: Draws per call of the compiled draw program.
+DRAW_BATCH = 4096
+
+
+def public_params(family: Family, params) -> dict:
+    """The parameters of a family by the names of NumPyro's autoguides (constrained).
+
+    ``auto_loc`` and ``auto_scale_tril`` for the full-rank Gaussian (and the Gaussian under a
+    flow, whose network weights follow as ``auto_flow_<i>_...``), ``auto_loc`` and ``auto_scale``
+    for mean-field, ``auto_loc``, ``auto_cov_factor`` and ``auto_scale`` for low-rank.
+    """
+    from .families import _tril
+
+    out = {"auto_loc": np.asarray(params["loc"])}
+    d = out["auto_loc"].shape[-1]
+    if family.name == "normal":
+        out["auto_scale"] = np.asarray(jax.nn.softplus(params["scale"]))
+    elif family.name == "low_rank":
+        out["auto_cov_factor"] = np.asarray(params["W"])
+        out["auto_scale"] = np.asarray(jax.nn.softplus(params["diag"]))
+    else:
+        tril = jnp.vectorize(lambda t, g: _tril({"tril": t, "diag": g}, d), signature="(d,d),(d)->(d,d)")
+        out["auto_scale_tril"] = np.asarray(tril(params["tril"], params["diag"]))
+    if "flows" in params:
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params["flows"])[0]:
+            label = "auto_flow" + "".join(f"_{getattr(p, 'idx', getattr(p, 'key', p))}" for p in path)
+            out[label] = np.asarray(leaf)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class FlatPosterior:
+    """A guide family fitted over a target's flat unconstrained vector.
+
+    Attributes
+    ----------
+    target : Target
+    family : Family
+    restart_params : pytree
+        The family's parameters, each leaf with leading axis ``R`` (restarts).
+    """
+
+    target: Target
+    family: Family
+    restart_params: Any
+    _draw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def prototype_trace(self) -> dict:
+        """The model's abstract trace (site shapes, distributions, plates)."""
+        return self.target.prototype_trace
+
+    @property
+    def num_restarts(self) -> int:
+        """Number of restarts ``R``."""
+        return int(jax.tree.leaves(self.restart_params)[0].shape[0])
+
+    def params(self, restart: int):
+        """The family parameters of one restart (NumPy)."""
+        return jax.tree.map(lambda v: np.asarray(v)[restart], self.restart_params)
+
+    def _program(self):
+        if "fn" not in self._draw:
+            family = self.family
+
+            def draw(params, seed, index):
+                key = jax.random.fold_in(jax.random.PRNGKey(seed), index)
+                eps = jax.random.normal(key, (DRAW_BATCH, family.noise_dim))
+                return family.sample(params, eps)
+
+            params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype), self.restart_params)
+            scalar = jax.ShapeDtypeStruct((), jnp.int64)
+            self._draw["fn"] = jax.jit(draw).lower(params, scalar, scalar).compile()
+        return self._draw["fn"]
+
+    def draw(self, restart: int, seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` draws ``u`` (``(n, d)``) of restart ``restart`` with their ``log q(u)`` (``(n,)``)."""
+        n = int(n)
+        fn, params = self._program(), self.params(restart)
+        parts = [jax.device_get(fn(params, np.int64(seed), np.int64(i))) for i in range(max(1, -(-n // DRAW_BATCH)))]
+        u = np.concatenate([p[0] for p in parts])[:n]
+        log_q = np.concatenate([p[1] for p in parts])[:n]
+        return u, log_q
+
+    def model_draws(self, restart: int, seed: int, n: int) -> ModelDraws:
+        """Draws with constrained values, model and guide densities, predictions and log likelihoods.
+
+        ``log_p`` is the model's log joint and ``log_q`` the guide's log density, both in the
+        constrained space (``log q(u) - log|det J|``), as the NumPyro path reports them; their
+        difference is the importance log weight.
+        """
+        u, log_q = self.draw(restart, seed, n)
+        pred = self.target.predict(u, seed=seed + 1)
+        with np.errstate(invalid="ignore"):
+            log_q_c = log_q - pred.log_det_jacobian
+        return ModelDraws(pred.latent, pred.log_joint, log_q_c, pred.log_likelihood, pred.predictive)
+
+    def sampler(self, restart_of_params: dict | None = None):
+        """``sampler(params, key, n) -> ModelDraws`` for the ArviZ export (``params`` names a restart)."""
+
+        def sample(params, rng_key, num_samples):
+            r = int(params) if np.ndim(params) == 0 and not isinstance(params, dict) else _restart_of(self, params)
+            seed = int(np.asarray(jax.random.randint(rng_key, (), 0, 2**31 - 1)))
+            return self.model_draws(r, seed, num_samples)
+
+        return sample
+
+
+def _restart_of(posterior: FlatPosterior, params: dict) -> int:
+    """Which restart a public parameter dict belongs to (the export passes one restart's parameters)."""
+    loc = np.asarray(params["auto_loc"])
+    locs = np.asarray(posterior.restart_params["loc"])
+    return int(np.argmin(np.abs(locs - loc).sum(axis=1)))

@@ -1,0 +1,464 @@
+r"""The target: a NumPyro model and its data, traced once, compiled once, used by every stage.
+
+A :class:`Target` is the one object that describes a model for the whole fit, as NumPyro's
+``initialize_model`` does for MCMC, but built without running the model eagerly. From the model
+and its arguments it holds
+
+* the **flat layout** of the latent sites in the unconstrained space (site names sorted, each
+  raveled; the order of NumPyro's ``AutoContinuous`` guides), found by an abstract trace
+  (``jax.eval_shape``: shapes only, nothing computed);
+* the **log density and its gradient** over a fixed batch of ``B`` points,
+
+  .. math::
+
+      \log \pi(u) = \log p\big(x, T(u)\big) + \log\lvert\det J_T(u)\rvert
+                  = -U(u),
+
+  with :math:`U` NumPyro's :func:`~numpyro.infer.util.potential_energy`, compiled ahead of time
+  once (``jax.jit(...).lower(...).compile()``); non-finite values (a failed ODE solve, a draw
+  outside the support) come back as :math:`-\infty` with a zero gradient, so a failure is a
+  counted, impossible draw and never a crash;
+* the **prior program**: draws of the latent sites in the unconstrained space, moved part of the
+  way from the prior median (starting points; spread 1 gives prior draws);
+* the **predictive program** (compiled on first use): constrained latent values with the
+  deterministic sites, the model's log joint and the Jacobian term, a posterior predictive draw
+  and the pointwise log likelihood of each observed site, for the ArviZ export.
+
+These are the only programs that contain the model. Every stage of a fit (multistart MAP, the
+Laplace Hessian, each guide family's optimization, the verdict's draws, PSIS, the curvature check)
+calls :meth:`Target.value_and_grad` with batches of ``B`` points; the guide families are small
+programs over the flat vector that contain no model. The number of gradient evaluations is
+counted (:attr:`Target.num_grad_evals`).
+
+The programs are deterministic functions of the model and data, with no host callbacks, so the
+persistent compilation cache (:mod:`inference._jax_setup`) finds them again in a new process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["Layout", "Target", "make_target", "PredictiveDraws"]
+
+
+class Layout(NamedTuple):
+    """The flat unconstrained layout of a model's latent sites.
+
+    Attributes
+    ----------
+    names : tuple of str
+        Latent sample sites, sorted by name (NumPyro's ``AutoContinuous`` order).
+    shapes : tuple of tuple
+        Each site's unconstrained shape.
+    constrained_shapes : tuple of tuple
+        Each site's shape in the model (constrained).
+    """
+
+    names: tuple
+    shapes: tuple
+    constrained_shapes: tuple = ()
+    model_order: tuple = ()
+
+    @property
+    def size(self) -> int:
+        """Number ``d`` of unconstrained dimensions."""
+        return int(sum(int(np.prod(s)) for s in self.shapes))
+
+    def unpack(self, u) -> dict:
+        """Flat unconstrained ``u`` (``(d,)``) to a dict of unconstrained site values."""
+        out, i = {}, 0
+        for name, shape in zip(self.names, self.shapes):
+            n = int(np.prod(shape))
+            out[name] = jnp.reshape(u[i : i + n], shape)
+            i += n
+        return out
+
+    def labels(self) -> list[str]:
+        """One label per flat coordinate: ``name`` or ``name[i,j]``."""
+        out = []
+        for name, shape in zip(self.names, self.shapes):
+            if len(shape) == 0:
+                out.append(name)
+            else:
+                out += [f"{name}[{','.join(map(str, idx))}]" for idx in np.ndindex(*shape)]
+        return out
+
+
+class PredictiveDraws(NamedTuple):
+    """What the predictive program returns for ``n`` flat points.
+
+    Attributes
+    ----------
+    latent : dict of str to ndarray
+        Latent sample sites (constrained) and deterministic sites, each ``(n, *shape)``.
+    log_joint : ndarray, shape (n,)
+        :math:`\\log p(x, z)` in the constrained space (``-inf`` where zero).
+    log_det_jacobian : ndarray, shape (n,)
+        :math:`\\log|\\det J_T(u)|`, so that ``log_joint + log_det_jacobian`` is the flat log density.
+    log_likelihood : dict of str to ndarray
+        Pointwise log likelihood of each observed site, ``(n, *site_shape)``.
+    predictive : dict of str to ndarray
+        A posterior (or prior) predictive draw of each observed site, ``(n, *site_shape)``.
+    """
+
+    latent: dict
+    log_joint: np.ndarray
+    log_det_jacobian: np.ndarray
+    log_likelihood: dict
+    predictive: dict
+
+
+def _is_factor(site) -> bool:
+    from numpyro.distributions.distribution import Unit
+
+    return isinstance(site["fn"], Unit)
+
+
+def _latent(trace) -> list:
+    return sorted(
+        (name for name, s in trace.items() if s["type"] == "sample" and not s["is_observed"]),
+    )
+
+
+@dataclass(eq=False)
+class Target:
+    """A model and its data, compiled once for every stage of a fit (see the module docstring).
+
+    Build it with :func:`make_target`. Attributes other than the methods are plain data.
+
+    Attributes
+    ----------
+    model : callable
+    args : tuple
+    kwargs : dict
+    layout : Layout
+    batch_size : int
+        ``B``, the number of points of every call of the compiled log density.
+    prototype_trace : dict
+        The model's trace from the abstract run: every site with its shape (``value`` is a
+        ``jax.ShapeDtypeStruct``), distribution and plates, for naming dimensions.
+    num_grad_evals : int
+        Points at which the log density and gradient have been evaluated so far (padding included).
+    """
+
+    model: Callable
+    args: tuple
+    kwargs: dict
+    layout: Layout
+    batch_size: int
+    _vg: Any = field(repr=False)
+    _prior: Any = field(repr=False)
+    _predict: Any = field(default=None, repr=False)
+    prototype_trace: dict = field(default_factory=dict, repr=False)
+    num_grad_evals: int = 0
+    compile_s: float = 0.0
+
+    @property
+    def dim(self) -> int:
+        """Number ``d`` of unconstrained dimensions."""
+        return self.layout.size
+
+    # -- the log density ---------------------------------------------------------------------
+    def value_and_grad(self, u) -> tuple[jax.Array, jax.Array]:
+        """Log density and gradient at exactly ``B`` points ``u`` of shape ``(B, d)`` (device arrays)."""
+        self.num_grad_evals += self.batch_size
+        return self._vg(u)
+
+    def log_density(self, u: np.ndarray, *, grad: bool = False):
+        """Log density (and gradient) at any number ``n`` of points, in batches of ``B``.
+
+        Parameters
+        ----------
+        u : array, shape (n, d)
+        grad : bool
+            Also return the gradient.
+
+        Returns
+        -------
+        ndarray (n,), or (ndarray (n,), ndarray (n, d)) with ``grad=True``
+        """
+        u = np.asarray(u, dtype=float).reshape(-1, self.dim)
+        n, B = u.shape[0], self.batch_size
+        pad = (-n) % B
+        if pad:
+            u = np.concatenate([u, np.repeat(u[-1:] if n else np.zeros((1, self.dim)), pad, axis=0)])
+        values, grads = [], []
+        for i in range(0, u.shape[0], B):
+            v, g = self.value_and_grad(jnp.asarray(u[i : i + B]))
+            values.append(v)
+            if grad:
+                grads.append(g)
+        value = np.array(jnp.concatenate(values))[:n] if values else np.zeros(0)
+        if not grad:
+            return value
+        return value, (np.array(jnp.concatenate(grads))[:n] if grads else np.zeros((0, self.dim)))
+
+    def hessian(self, u: np.ndarray, steps: np.ndarray | None = None, rel_step: float = 1e-4) -> np.ndarray:
+        """Hessian of the log density at ``u`` (``(d,)``) by central differences of the exact gradient.
+
+        Column ``i`` is ``(g(u + h_i e_i) - g(u - h_i e_i)) / (2 h_i)`` with ``h_i`` from ``steps``, or
+        ``rel_step * max(1, |u_i|)``, symmetrized: ``2 d`` gradient evaluations in batches. (ODE
+        solvers with custom gradients do not support forward-over-reverse differentiation.)
+        """
+        u = np.asarray(u, dtype=float)
+        d = u.size
+        h = rel_step * np.maximum(1.0, np.abs(u)) if steps is None else np.asarray(steps, dtype=float)
+        points = np.concatenate([u + np.diag(h), u - np.diag(h)])
+        _, g = self.log_density(points, grad=True)
+        hess = (g[:d] - g[d:]) / (2 * h[:, None])
+        return 0.5 * (hess + hess.T)
+
+    # -- the prior program -------------------------------------------------------------------
+    def starts(self, n: int, *, spread: float = 0.5, seed: int = 0, init_values: dict | None = None) -> np.ndarray:
+        """``n`` starting points ``(n, d)``: the first at the prior median (or ``init_values``), the others spread.
+
+        Start ``r > 0`` is :math:`c + s (u^*_r - c)` with :math:`c` the centre and :math:`u^*_r` a
+        prior draw (:class:`inference.engine.guides.SpreadInit`); ``spread=1`` gives prior draws.
+        """
+        keys = jax.random.split(jax.random.PRNGKey(seed), n)
+        spreads = np.where(np.arange(n) == 0, 0.0, float(spread))
+        return self._batched_prior(keys, spreads, init_values)
+
+    def prior_draws(self, n: int, *, seed: int = 0) -> np.ndarray:
+        """``n`` draws of the prior in the flat unconstrained space, ``(n, d)``."""
+        keys = jax.random.split(jax.random.PRNGKey(seed), n)
+        return self._batched_prior(keys, np.ones(n), None)
+
+    def _batched_prior(self, keys, spreads, init_values) -> np.ndarray:
+        if init_values:
+            # Data-informed centres change the program: they are compiled in as constants.
+            fn = _prior_program(self.model, self.args, self.kwargs, self.layout, init_values, self.batch_size)
+        else:
+            fn = self._prior
+        n, B = len(spreads), self.batch_size
+        pad = (-n) % B
+        keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, axis=0)]) if pad else keys
+        spreads = np.concatenate([spreads, np.zeros(pad)])
+        out = [np.asarray(fn(keys[i : i + B], jnp.asarray(spreads[i : i + B]))) for i in range(0, n + pad, B)]
+        return np.concatenate(out)[:n]
+
+    # -- the predictive program --------------------------------------------------------------
+    def predict(self, u: np.ndarray, *, seed: int = 0) -> PredictiveDraws:
+        """Constrained values, densities, predictive draws and pointwise log likelihoods at ``u`` ``(n, d)``."""
+        if self._predict is None:
+            self._predict = _predictive_program(self.model, self.args, self.kwargs, self.layout, self.batch_size)
+        u = np.asarray(u, dtype=float).reshape(-1, self.dim)
+        n, B = u.shape[0], self.batch_size
+        pad = (-n) % B
+        if pad:
+            u = np.concatenate([u, np.repeat(u[-1:], pad, axis=0)])
+        keys = jax.random.split(jax.random.PRNGKey(seed), u.shape[0])
+        parts = [jax.device_get(self._predict(jnp.asarray(u[i : i + B]), keys[i : i + B])) for i in range(0, u.shape[0], B)]
+
+        def cat(items):
+            return {k: np.concatenate([np.asarray(p[k]) for p in items])[:n] for k in items[0]} if items else {}
+
+        return PredictiveDraws(
+            latent=cat([p[0] for p in parts]),
+            log_joint=np.concatenate([np.asarray(p[1]) for p in parts])[:n],
+            log_det_jacobian=np.concatenate([np.asarray(p[2]) for p in parts])[:n],
+            log_likelihood=cat([p[3] for p in parts]),
+            predictive=cat([p[4] for p in parts]),
+        )
+
+    def constrain(self, u: np.ndarray) -> dict:
+        """Constrained latent (and deterministic) values at flat points ``u`` ``(n, d)``."""
+        return self.predict(u).latent
+
+
+# -- building ---------------------------------------------------------------------------------------
+def _find_layout(model, args, kwargs) -> Layout:
+    from numpyro import handlers
+    from numpyro.distributions.transforms import biject_to
+
+    found: dict = {}
+
+    def run():
+        trace = handlers.trace(handlers.seed(model, 0)).get_trace(*args, **kwargs)
+        names = _latent(trace)
+        found["names"] = names
+        found["discrete"] = [n for n in names if trace[n]["fn"].support.is_discrete]
+        found["constrained"] = [jnp.shape(trace[n]["value"]) for n in names]
+        found["order"] = [n for n, s in trace.items() if s["type"] == "sample" and not s["is_observed"]]
+        found["trace"] = {
+            n: {
+                "type": s["type"],
+                "name": n,
+                "is_observed": s.get("is_observed", False),
+                "fn": s.get("fn"),
+                "value": jax.ShapeDtypeStruct(jnp.shape(s["value"]), jnp.result_type(s["value"]))
+                if s.get("value") is not None and s["type"] in ("sample", "deterministic")
+                else None,
+                "args": s.get("args") if s["type"] == "plate" else (),
+                "cond_indep_stack": s.get("cond_indep_stack", ()),
+                "infer": s.get("infer", {}),
+            }
+            for n, s in trace.items()
+        }
+        return [biject_to(trace[n]["fn"].support).inv(trace[n]["value"]) for n in names]
+
+    shapes = jax.eval_shape(run)
+    if found["discrete"]:
+        raise ValueError(
+            f"the latent site {found['discrete'][0]!r} is discrete; the flat engine fits continuous latents only: "
+            "pass a NumPyro guide object to fit(), or enumerate the site out in the model"
+        )
+    if not found["names"]:
+        raise ValueError("the model has no latent sample sites to fit; add a numpyro.sample site without obs=")
+    layout = Layout(
+        tuple(found["names"]),
+        tuple(tuple(s.shape) for s in shapes),
+        tuple(tuple(s) for s in found["constrained"]),
+        tuple(found["order"]),
+    )
+    return layout, found["trace"]
+
+
+def _log_density_fn(model, args, kwargs, layout):
+    from numpyro.infer.util import potential_energy
+
+    def log_density(u):
+        value = -potential_energy(model, args, kwargs, layout.unpack(u))
+        return jnp.where(jnp.isnan(value), -jnp.inf, value)
+
+    def value_and_grad(u):
+        value, grad = jax.value_and_grad(log_density)(u)
+        ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
+        return jnp.where(ok, value, -jnp.inf), jnp.where(ok, grad, 0.0)
+
+    return value_and_grad
+
+
+def _aot(fn, *shapes):
+    return jax.jit(fn).lower(*shapes).compile()
+
+
+class _Cut(Exception):
+    """Raised at the first observed site: the latent sites are all drawn, the likelihood is not needed."""
+
+
+def _latents_only(model, names):
+    """The model run up to the point where every latent site in ``names`` has a value.
+
+    The prior program needs only the latent sites; stopping the model at the first observed
+    site once they are all drawn keeps the likelihood (an ODE solve, say) out of the program.
+    """
+    from numpyro.primitives import Messenger
+
+    class CutAfterLatents(Messenger):
+        def __init__(self, fn):
+            self.seen = set()
+            super().__init__(fn)
+
+        def postprocess_message(self, msg):
+            if msg["type"] == "sample" and not msg["is_observed"]:
+                self.seen.add(msg["name"])
+            elif msg["type"] == "sample" and self.seen >= set(names):
+                raise _Cut
+
+    return CutAfterLatents(model)
+
+
+def _prior_program(model, args, kwargs, layout, init_values, batch_size):
+    from numpyro import handlers
+    from numpyro.distributions.transforms import biject_to
+
+    from .guides import SpreadInit
+
+    init = SpreadInit(values=init_values)
+
+    def one(key, spread):
+        tracer = handlers.trace(handlers.substitute(handlers.seed(model, key), substitute_fn=init))
+        with init.spread(spread):
+            try:
+                with tracer:
+                    _latents_only(tracer.fn, layout.names)(*args, **kwargs)
+            except _Cut:
+                pass
+        trace = tracer.trace
+        return jnp.concatenate(
+            [jnp.ravel(biject_to(trace[n]["fn"].support).inv(trace[n]["value"])) for n in layout.names]
+        )
+
+    key_shape = jax.eval_shape(lambda: jax.random.split(jax.random.PRNGKey(0), batch_size))
+    return _aot(jax.vmap(one), key_shape, jax.ShapeDtypeStruct((batch_size,), jnp.float64))
+
+
+def _predictive_program(model, args, kwargs, layout, batch_size):
+    from numpyro import handlers
+    from numpyro.infer.util import constrain_fn, potential_energy
+
+    def one(u, key):
+        k_model, k_pred = jax.random.split(key)
+        values = constrain_fn(model, args, kwargs, layout.unpack(u))
+        trace = handlers.trace(handlers.substitute(handlers.seed(model, k_model), data=values)).get_trace(*args, **kwargs)
+        log_joint = 0.0
+        latent, loglik, predictive = {}, {}, {}
+        for name, site in trace.items():
+            if site["type"] == "deterministic":
+                latent[name] = site["value"]
+            if site["type"] != "sample":
+                continue
+            log_prob = site["fn"].log_prob(site["value"])
+            if site.get("scale") is not None:
+                log_prob = site["scale"] * log_prob
+            log_joint = log_joint + jnp.sum(log_prob)
+            if not site["is_observed"]:
+                latent[name] = site["value"]
+            elif not _is_factor(site):
+                loglik[name] = log_prob
+                k_pred, k_site = jax.random.split(k_pred)
+                predictive[name] = site["fn"].sample(k_site)
+        log_density = -potential_energy(model, args, kwargs, layout.unpack(u))
+        log_joint = jnp.where(jnp.isnan(log_joint), -jnp.inf, log_joint)
+        log_det = jnp.where(jnp.isfinite(log_density) & jnp.isfinite(log_joint), log_density - log_joint, 0.0)
+        return latent, log_joint, log_det, loglik, predictive
+
+    key_shape = jax.eval_shape(lambda: jax.random.split(jax.random.PRNGKey(0), batch_size))
+    return _aot(jax.vmap(one), jax.ShapeDtypeStruct((batch_size, layout.size), jnp.float64), key_shape)
+
+
+def make_target(model: Callable, args: tuple = (), kwargs: dict | None = None, *, batch_size: int = 32) -> Target:
+    """Trace ``model`` once and compile its log density, gradient and prior program.
+
+    Parameters
+    ----------
+    model : callable
+        A NumPyro model with continuous latent sites and no subsampled plates.
+    args, kwargs
+        The model's arguments (its data); they are constants of the compiled programs.
+    batch_size : int
+        ``B``: points per call of the compiled log density (the ELBO's particles, MAP starts and
+        line-search trials, verdict draws all come in batches of ``B``).
+
+    Returns
+    -------
+    Target
+
+    Raises
+    ------
+    ValueError
+        With a sentence, for a model without latent sites or with discrete latent sites.
+    """
+    import time
+
+    kwargs = dict(kwargs or {})
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 2:
+        raise ValueError(f"batch_size must be an integer of at least 2, got {batch_size!r}")
+    t0 = time.perf_counter()
+    layout, trace = _find_layout(model, args, kwargs)
+    subsampled = [n for n, s in trace.items() if s["type"] == "plate" and s["args"][1] is not None and s["args"][1] != s["args"][0]]
+    if subsampled:
+        raise ValueError(
+            f"the plate {subsampled[0]!r} subsamples its data (minibatches), so the model's log density changes from "
+            "call to call; fit it through NumPyro's SVI (a guide object, or guide='normal' with objective='meanfield_elbo')"
+        )
+    vg = _aot(jax.vmap(_log_density_fn(model, args, kwargs, layout)), jax.ShapeDtypeStruct((batch_size, layout.size), jnp.float64))
+    prior = _prior_program(model, args, kwargs, layout, None, batch_size)
+    return Target(model, tuple(args), kwargs, layout, int(batch_size), vg, prior, prototype_trace=trace,
+                  compile_s=time.perf_counter() - t0)

@@ -1,0 +1,434 @@
+r"""Variational fits and MAP over one compiled target: pure steps over NamedTuple state.
+
+Two optimizers drive a :class:`~inference.engine.target.Target`, each calling its one compiled
+log density and gradient with batches of ``B`` points:
+
+**Stochastic VI** (:func:`fit_family`). For a family :math:`u = g_\phi(\epsilon)`
+(:mod:`inference.engine.families`) the ELBO and its reparameterization gradient are
+
+.. math::
+
+    \mathcal L(\phi) = \mathbb E_\epsilon\big[\log\pi(g_\phi(\epsilon)) - \log q_\phi(g_\phi(\epsilon))\big],
+    \qquad
+    \nabla_\phi \mathcal L \approx \frac1P \sum_{p=1}^P
+      \Big(\frac{\partial g_\phi(\epsilon_p)}{\partial\phi}\Big)^{\!T} \nabla\log\pi(u_p)
+      - \nabla_\phi \log q_\phi(g_\phi(\epsilon_p)),
+
+so one step is: the target's gradient at the ``P`` particles of every restart (one call, ``B = R
+P`` points), then a small program (no model) that applies the vector-Jacobian product of
+:math:`g_\phi`, an optax update and the next draw of noise. Steps whose loss or gradient is not
+finite are skipped and counted per restart. The host checks the stopping rule once per chunk.
+
+**Multistart MAP** (:func:`find_map`): L-BFGS (Nocedal & Wright 2006, alg. 7.4) from ``R``
+starts at once, on the host, with a line search that tries several step lengths for every
+start in one batch of the target; the gradient at the accepted point comes with it.
+
+References
+----------
+Kingma, D. P. and Welling, M. (2014). Auto-encoding variational Bayes. ICLR.
+
+Nocedal, J. and Wright, S. J. (2006). Numerical Optimization, 2nd ed. Springer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .families import Family
+from .stopping import PlateauRule, StopReason
+
+__all__ = ["VIState", "FamilyFit", "MapResult", "fit_family", "find_map", "laplace_factor"]
+
+
+class VIState(NamedTuple):
+    """State of a stochastic VI run over ``R`` restarts with ``P`` particles each.
+
+    Attributes
+    ----------
+    params : pytree
+        Family parameters, each leaf with leading axis ``R``.
+    opt_state : pytree
+        The optax state, leading axis ``R``.
+    eps : array, shape (R, P, noise_dim)
+        The noise of the current step.
+    key : PRNGKey
+    step : int
+        Steps taken.
+    losses : array, shape (chunk_size, R)
+        Loss (negative ELBO estimate) of each step of the current chunk; NaN when skipped.
+    nonfinite : array, shape (R,)
+        Skipped steps per restart.
+    params_sum : pytree
+        Sum of the parameters since the start (iterate averaging on the host).
+    """
+
+    params: Any
+    opt_state: Any
+    eps: jax.Array
+    key: jax.Array
+    step: jax.Array
+    losses: jax.Array
+    nonfinite: jax.Array
+    params_sum: Any
+
+
+class FamilyFit(NamedTuple):
+    """The result of :func:`fit_family` (plain NumPy data).
+
+    Attributes
+    ----------
+    params : pytree
+        Family parameters per restart (leading axis ``R``), averaged over the final window.
+    losses : ndarray, shape (R, num_steps)
+    best : int
+    stop_reason : StopReason
+    num_steps : int
+    nonfinite : ndarray, shape (R,)
+    grad_evals : int
+        Points at which the target's gradient was evaluated.
+    seconds : float
+    compile_s : float
+        Compiling the family's step (no model inside).
+    """
+
+    params: Any
+    losses: np.ndarray
+    best: int
+    stop_reason: StopReason
+    num_steps: int
+    nonfinite: np.ndarray
+    grad_evals: int
+    seconds: float
+    compile_s: float
+
+
+def _progress_bar(total: int, enabled: bool, desc: str = "vifit"):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def _programs(family: Family, optimizer, R: int, P: int, d: int, chunk_size: int):
+    """The start and update programs of one family (compiled once per family and shape)."""
+
+    def draw(params, eps):
+        return jax.vmap(family.sample)(params, eps)
+
+    def start(state):
+        u, _ = draw(state.params, state.eps)
+        return u.reshape(R * P, d)
+
+    def surrogate(params, eps, g):
+        # Its gradient is minus the reparameterization gradient of the ELBO (g = grad log pi(u)).
+        u, log_q = family.sample(params, eps)
+        return -(jnp.sum(jax.lax.stop_gradient(g) * u) - jnp.sum(log_q)) / P
+
+    def update(state: VIState, logp, grad):
+        logp = logp.reshape(R, P)
+        g = grad.reshape(R, P, d)
+        _, log_q = draw(state.params, state.eps)
+        loss = -jnp.mean(logp - log_q, axis=1)
+        grads = jax.vmap(jax.grad(surrogate))(state.params, state.eps, g)
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(x).reshape(R, -1), axis=1) for x in jax.tree.leaves(grads)]), axis=0
+        )
+        grads = jax.tree.map(lambda x: jnp.where(finite.reshape((R,) + (1,) * (x.ndim - 1)), x, 0.0), grads)
+        updates, new_opt = jax.vmap(optimizer.update)(grads, state.opt_state, state.params)
+        new_params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+
+        def keep(new, old):
+            return jnp.where(finite.reshape((R,) + (1,) * (new.ndim - 1)), new, old)
+
+        params = jax.tree.map(keep, new_params, state.params)
+        opt_state = jax.tree.map(lambda n, o: keep(n, o) if n.ndim and n.shape[0] == R else n, new_opt, state.opt_state)
+        key, sub = jax.random.split(state.key)
+        eps = jax.random.normal(sub, state.eps.shape)
+        u_next, _ = draw(params, eps)
+        losses = state.losses.at[state.step % chunk_size].set(jnp.where(finite, loss, jnp.nan))
+        new_state = VIState(
+            params,
+            opt_state,
+            eps,
+            key,
+            state.step + 1,
+            losses,
+            state.nonfinite + (~finite).astype(state.nonfinite.dtype),
+            jax.tree.map(jnp.add, state.params_sum, params),
+        )
+        return new_state, u_next.reshape(R * P, d)
+
+    return start, update
+
+
+def _init_state(family: Family, optimizer, params, R: int, P: int, key, chunk_size: int) -> VIState:
+    opt_state = jax.vmap(optimizer.init)(params)
+    key, sub = jax.random.split(key)
+    eps = jax.random.normal(sub, (R, P, family.noise_dim))
+    return VIState(
+        params,
+        opt_state,
+        eps,
+        key,
+        jnp.zeros((), jnp.int32),
+        jnp.full((chunk_size, R), jnp.nan),
+        jnp.zeros((R,), jnp.int32),
+        jax.tree.map(jnp.zeros_like, params),
+    )
+
+
+def fit_family(
+    target,
+    family: Family,
+    init_params,
+    *,
+    optimizer,
+    rule: PlateauRule,
+    seed: int = 0,
+    chunk_size: int = 100,
+    nonfinite_limit: float = 0.1,
+    progress: bool = False,
+    desc: str = "vifit",
+) -> FamilyFit:
+    """Maximize the ELBO of ``family`` against ``target`` from ``init_params`` (one per restart).
+
+    Parameters
+    ----------
+    target : Target
+    family : Family
+    init_params : pytree
+        Starting parameters, each leaf with leading axis ``R`` (restarts); ``R`` must divide the
+        target's batch size ``B``; each restart gets ``P = B / R`` particles.
+    optimizer : optax.GradientTransformation
+    rule : PlateauRule
+    seed : int
+    chunk_size : int
+        Steps between checks of the stopping rule.
+    nonfinite_limit : float
+        Stop (``StopReason.NONFINITE``) when more than this fraction of steps (and more than 50)
+        were skipped.
+    """
+    t0 = time.perf_counter()
+    R = int(jax.tree.leaves(init_params)[0].shape[0])
+    B, d = target.batch_size, target.dim
+    if B % R:
+        raise ValueError(f"restarts ({R}) must divide the batch size ({B})")
+    P = B // R
+    start_fn, update_fn = _programs(family, optimizer, R, P, d, chunk_size)
+    state = _init_state(family, optimizer, init_params, R, P, jax.random.PRNGKey(seed), chunk_size)
+    start = jax.jit(start_fn).lower(state).compile()
+    logp_shape = jax.ShapeDtypeStruct((B,), jnp.float64)
+    update = jax.jit(update_fn, donate_argnums=0).lower(state, logp_shape, jax.ShapeDtypeStruct((B, d), jnp.float64)).compile()
+    t_compiled = time.perf_counter()
+
+    u = start(state)
+    chunks: list[np.ndarray] = []
+    sums: list = [jax.device_get(state.params_sum)]
+    stop = StopReason.MAX_STEPS
+    plateau = 0
+    steps = 0
+    bar = _progress_bar(rule.max_steps, progress, desc)
+    try:
+        while steps < rule.max_steps:
+            n = min(chunk_size, rule.max_steps - steps)
+            for _ in range(n):
+                logp, grad = target.value_and_grad(u)
+                state, u = update(state, logp, grad)
+            steps += n
+            chunk = np.asarray(state.losses)[:n].T  # (R, n)
+            chunks.append(chunk)
+            sums.append(jax.device_get(state.params_sum))
+            bar.update(n)
+            finite = chunk[np.isfinite(chunk)]
+            if finite.size:
+                bar.set_postfix_str(f"ELBO {-finite.mean():.4g}")
+            if int(np.asarray(state.nonfinite).max()) > max(50, nonfinite_limit * steps):
+                stop = StopReason.NONFINITE
+                break
+            trace = np.concatenate(chunks, axis=1)
+            plateau = plateau + 1 if rule.is_plateau(trace) else 0
+            if plateau >= rule.patience:
+                stop = StopReason.CONVERGED
+                break
+    except KeyboardInterrupt:
+        stop = StopReason.INTERRUPTED
+    finally:
+        bar.close()
+    trace = np.concatenate(chunks, axis=1) if chunks else np.zeros((R, 0))
+    steps = trace.shape[1]
+    # Iterate averaging over the final window (whole chunks): the mean of the stationary phase of
+    # the optimizer is a lower-variance estimate of the optimum than the last iterate.
+    if stop == StopReason.NONFINITE or len(sums) < 2:
+        params = jax.device_get(state.params)
+    else:
+        n_avg = max(1, min(len(sums) - 1, math.ceil(rule.window_length(steps) / chunk_size)))
+        counted = chunk_size * (n_avg - 1) + (steps - chunk_size * (len(sums) - 2))
+        params = jax.tree.map(lambda a, b: (a - b) / counted, sums[-1], sums[-1 - n_avg])
+    tail = trace[:, -max(50, steps // 10):] if steps else trace
+    with np.errstate(all="ignore"):
+        final = np.array([np.nanmean(t) if np.isfinite(t).any() else np.inf for t in tail])
+    best = int(np.argmin(final)) if R > 1 else 0
+    return FamilyFit(
+        params=jax.tree.map(np.asarray, params),
+        losses=trace,
+        best=best,
+        stop_reason=stop,
+        num_steps=steps,
+        nonfinite=np.asarray(state.nonfinite).astype(int),
+        grad_evals=steps * B,
+        seconds=time.perf_counter() - t0,
+        compile_s=t_compiled - t0,
+    )
+
+
+# -- MAP --------------------------------------------------------------------------------------------
+class MapResult(NamedTuple):
+    """Optima of the log density from several starts, with their Laplace approximations.
+
+    Attributes
+    ----------
+    locs : ndarray, shape (R, d)
+        Unconstrained optimum reached from each start (the flat layout of the target).
+    potential : ndarray, shape (R,)
+        Minus the log density at each optimum (``inf`` where the start was not finite).
+    scale_trils : ndarray, shape (R, d, d)
+        Cholesky factor of the inverse of minus the Hessian; NaN where it is not positive definite.
+    best : int
+        The start with the highest log density.
+    iterations : ndarray, shape (R,)
+        L-BFGS iterations used.
+    grad_norm : ndarray, shape (R,)
+        Gradient norm at each optimum.
+    grad_evals : int
+        Points at which the target's gradient was evaluated (line searches and Hessians included).
+    """
+
+    locs: np.ndarray
+    potential: np.ndarray
+    scale_trils: np.ndarray
+    best: int
+    iterations: np.ndarray
+    grad_norm: np.ndarray
+    grad_evals: int = 0
+
+    @property
+    def laplace_ok(self) -> bool:
+        """Whether the best optimum has a positive definite Hessian."""
+        return bool(np.all(np.isfinite(self.scale_trils[self.best])))
+
+
+def _two_loop(g, S, Y):
+    """L-BFGS ascent direction ``H g`` from the pairs ``(s, y)`` (Nocedal & Wright alg. 7.4)."""
+    q = g.copy()
+    alphas = []
+    for s, y in reversed(list(zip(S, Y))):
+        rho = 1.0 / (y @ s)
+        a = rho * (s @ q)
+        alphas.append((a, rho, s, y))
+        q -= a * y
+    gamma = (S[-1] @ Y[-1]) / (Y[-1] @ Y[-1]) if S else 1.0
+    r = gamma * q
+    for a, rho, s, y in reversed(alphas):
+        b = rho * (y @ r)
+        r += s * (a - b)
+    return r
+
+
+STEP_LENGTHS = (1.0, 0.5, 0.2, 0.05)
+
+
+def find_map(target, starts: np.ndarray, *, max_iter: int = 200, gtol: float = 1e-6, memory: int = 10,
+             hessians: bool = True) -> MapResult:
+    """Maximize the target's log density from every start at once (batched L-BFGS).
+
+    Each iteration evaluates, for every start still moving, the points ``x + a p`` for the step
+    lengths ``a`` in :data:`STEP_LENGTHS` (in as few batches of ``B`` as they fit) and takes the
+    longest that satisfies the Armijo condition; the gradient there comes with the value. At each
+    optimum the Hessian is taken by central differences of the exact gradient
+    (:meth:`Target.hessian`), and its Laplace factor (Tierney & Kadane 1986).
+
+    Parameters
+    ----------
+    target : Target
+    starts : ndarray, shape (R, d)
+    max_iter : int
+    gtol : float
+        Stop a start when its largest gradient component is below this.
+    memory : int
+        L-BFGS pairs kept.
+    hessians : bool
+        Take the Laplace factor at every finite optimum (else NaN).
+    """
+    evals0 = target.num_grad_evals
+    x = np.array(starts, dtype=float)
+    R, d = x.shape
+    f, g = target.log_density(x, grad=True)
+    active = np.isfinite(f)
+    S = [[] for _ in range(R)]
+    Y = [[] for _ in range(R)]
+    iters = np.zeros(R, dtype=int)
+    K = len(STEP_LENGTHS)
+    for it in range(max_iter):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        dirs = np.zeros((R, d))
+        for r in idx:
+            p = _two_loop(g[r], S[r], Y[r]) if S[r] else g[r] / max(1.0, np.linalg.norm(g[r]))
+            if not p @ g[r] > 0:
+                S[r], Y[r] = [], []
+                p = g[r] / max(1.0, np.linalg.norm(g[r]))
+            dirs[r] = p
+        trial = (x[idx, None, :] + np.asarray(STEP_LENGTHS)[None, :, None] * dirs[idx, None, :]).reshape(-1, d)
+        ft, gt = target.log_density(trial, grad=True)
+        ft, gt = ft.reshape(idx.size, K), gt.reshape(idx.size, K, d)
+        for j, r in enumerate(idx):
+            slope = dirs[r] @ g[r]
+            ok = np.isfinite(ft[j]) & (ft[j] >= f[r] + 1e-4 * np.asarray(STEP_LENGTHS) * slope)
+            if ok.any():
+                k = int(np.argmax(ok))
+            elif np.isfinite(ft[j]).any() and np.nanmax(np.where(np.isfinite(ft[j]), ft[j], -np.inf)) > f[r]:
+                k = int(np.nanargmax(np.where(np.isfinite(ft[j]), ft[j], -np.inf)))
+            else:
+                # No step improves: shrink towards the gradient, and stop after a fresh start fails.
+                if not S[r]:
+                    active[r] = False
+                S[r], Y[r] = [], []
+                continue
+            s = STEP_LENGTHS[k] * dirs[r]
+            y = g[r] - gt[j, k]
+            df = ft[j, k] - f[r]
+            x[r], f[r], g[r] = x[r] + s, ft[j, k], gt[j, k]
+            iters[r] = it + 1
+            if s @ y > 1e-12:
+                S[r].append(s)
+                Y[r].append(y)
+                if len(S[r]) > memory:
+                    S[r].pop(0)
+                    Y[r].pop(0)
+            if np.max(np.abs(g[r])) < gtol or abs(df) < 1e-10 * (1 + abs(f[r])):
+                active[r] = False
+    potential = np.where(np.isfinite(f), -f, np.inf)
+    best = int(np.argmin(potential))
+    trils = np.full((R, d, d), np.nan)
+    if hessians:
+        for r in range(R):
+            if np.isfinite(potential[r]):
+                trils[r] = laplace_factor(target.hessian(x[r]))
+    return MapResult(x, potential, trils, best, iters, np.linalg.norm(g, axis=1), target.num_grad_evals - evals0)
+
+
+def laplace_factor(hess: np.ndarray) -> np.ndarray:
+    """Cholesky factor of :math:`(-H)^{-1}` for the Hessian ``H`` of a log density; NaN if not negative definite."""
+    d = hess.shape[0]
+    try:
+        chol = np.linalg.cholesky(-hess)
+        inv = np.linalg.inv(chol)  # (-H)^{-1} = C^{-T} C^{-1}
+        return np.linalg.cholesky(inv.T @ inv)
+    except np.linalg.LinAlgError:
+        return np.full((d, d), np.nan)

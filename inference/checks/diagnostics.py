@@ -615,6 +615,7 @@ class Diagnosis:
     shift: dict = field(repr=False)
     elbo: float = float("nan")
     elbo_se: float = float("nan")
+    flat: tuple | None = field(default=None, repr=False)
 
 
 def diagnose(result, num_samples: int = 16000, *, seed: int | None = None, curvature: bool = True) -> Diagnosis:
@@ -702,7 +703,7 @@ def _diagnose_flat(result, num_samples: int, *, seed: int | None, curvature: boo
     target = posterior.target
     labels = target.layout.labels()
     seed = result.seed + 2 if seed is None else int(seed)
-    u, log_q = posterior.draw(result.best_restart, seed, int(num_samples))
+    u, log_q = posterior.draw_guide(result.best_restart, seed, int(num_samples))
     log_p = target.log_density(u)
     latent = {label: u[:, j] for j, label in enumerate(labels)}
     checks = [
@@ -722,7 +723,7 @@ def _diagnose_flat(result, num_samples: int, *, seed: int | None, curvature: boo
     checks.append(psis_check)
     restart_draws = None
     if result.num_restarts > 1:
-        parts = [posterior.draw(r, result.seed + 3, 1000)[0] for r in range(result.num_restarts)]
+        parts = [posterior.draw_guide(r, result.seed + 3, 1000)[0] for r in range(result.num_restarts)]
         restart_draws = {label: np.stack([p[:, j] for p in parts]) for j, label in enumerate(labels)}
     checks.append(check_restarts(result.losses, restart_draws))
     checks.extend(getattr(result, "extra_checks", ()))
@@ -731,4 +732,5 @@ def _diagnose_flat(result, num_samples: int, *, seed: int | None, curvature: boo
         log_w = log_p - log_q
     elbo = float(np.mean(log_w)) if np.all(np.isfinite(log_w)) else float("-inf")
     elbo_se = float(np.std(log_w) / np.sqrt(log_w.size)) if math.isfinite(elbo) else float("nan")
-    return Diagnosis(verdict=verdict, draws=latent, psis=weights, shift=shift, elbo=elbo, elbo_se=elbo_se)
+    return Diagnosis(verdict=verdict, draws=latent, psis=weights, shift=shift, elbo=elbo, elbo_se=elbo_se,
+                     flat=(u, log_q))

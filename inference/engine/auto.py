@@ -205,23 +205,52 @@ def _gaussian_start(guide: str, loc: np.ndarray, scale_tril: np.ndarray) -> dict
     return None
 
 
-def _data_informed(target, starts: np.ndarray, values: dict) -> np.ndarray:
-    """Starts moved so that the sites with data-informed values are centred on them.
+def with_psis_draws(result: FitResult, diagnosis):
+    """The result with its best restart's draws importance-resampled, and the verdict of those draws.
 
-    Each start keeps its spread: ``c + (u_r - u_0)`` for the coordinates of a site with value
-    ``c`` (mapped to the unconstrained space by the site's support bijection).
+    Pareto-smoothed importance sampling (Yao et al. 2018) of the verdict's guide draws corrects
+    the guide's means and sds wherever k-hat is at most 0.7; the draws of the result are then
+    resampled from them (:class:`inference.engine.posterior.FlatPosterior`). The PSIS check and
+    the curvature check are made again for the corrected draws. Returns ``(result, diagnosis)``.
     """
-    layout, trace = target.layout, target.prototype_trace
-    out = starts.copy()
-    i = 0
-    for name, shape in zip(layout.names, layout.shapes):
-        n = int(np.prod(shape))
-        if name in values:
-            c = np.ravel(np.asarray(biject_to(trace[name]["fn"].support).inv(np.asarray(values[name], dtype=float))))
-            if c.size == n and np.all(np.isfinite(c)):
-                out[:, i : i + n] = c[None] + (starts[:, i : i + n] - starts[:1, i : i + n])
-        i += n
-    return out
+    from ..checks.diagnostics import Verdict, check_curvature_flat
+
+    u, log_q = diagnosis.flat
+    weights = diagnosis.psis
+    posterior = replace(result.posterior, importance=(result.best_restart, u, log_q, weights.log_weights))
+    target = posterior.target
+    labels = target.layout.labels()
+    resampled, _ = posterior.draw(result.best_restart, result.seed + 5, 4000)
+    moves = [f"{lab}: mean {m:+.2f} sd, sd x{r:.2f}" for lab, (m, r) in diagnosis.shift.items()]
+    psis_check = Check(
+        "psis",
+        RELIABLE,
+        f"the draws are the guide's draws importance-resampled (PSIS k-hat {weights.khat:.2f} from {u.shape[0]} draws, "
+        f"effective sample size {weights.ess:.0f}), which corrected the guide ({'; '.join(moves[:3])})",
+    )
+    checks = []
+    for check in diagnosis.verdict.checks:
+        if check.name == "psis":
+            checks.append(psis_check)
+        elif check.name == "curvature":
+            checks.append(check_curvature_flat(resampled, labels, target.hessian, result.guide_name))
+        else:
+            checks.append(check)
+    verdict = Verdict.from_checks(checks, khat=weights.khat, khat_draws=u.shape[0], ess=weights.ess)
+    corrected = replace(diagnosis, verdict=verdict)
+    new = replace(result, guide=posterior, posterior=posterior, _cache={})
+    new._cache[("diagnosis", u.shape[0], None)] = corrected
+    new._cache["last_diagnosis"] = corrected
+    return new, corrected
+
+
+def _psis_can_correct(diagnosis) -> bool:
+    """Whether importance resampling can stand in for the guide: k-hat at most 0.7, no other check unreliable."""
+    from ..checks.diagnostics import KHAT_OK
+
+    if diagnosis.flat is None or not diagnosis.psis.khat <= KHAT_OK or diagnosis.psis.ess < 400:
+        return False
+    return all(c.level != UNRELIABLE for c in diagnosis.verdict.checks if c.name not in ("psis", "curvature"))
 
 
 def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResult:
@@ -260,8 +289,8 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
     map_starts = int(options.get("map_starts", 8))
     map_spread = float(options.get("map_spread", 1.0))
     khat_draws = int(options.get("khat_draws", 16000))
-    mean_tol = float(options.get("mean_shift", 0.05))
-    sd_tol = float(options.get("sd_shift", 0.05))
+    mean_tol = float(options.get("mean_shift", 0.1))
+    sd_tol = float(options.get("sd_shift", 0.1))
     if map_starts < 0:
         raise ValueError(f"map_starts must be 0 (no MAP stage) or a positive number of starts, got {map_starts}")
     base = settings.with_(guide_options={})
@@ -287,9 +316,7 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
     if target is not None and map_starts > 0:
         t = time.perf_counter()
         evals0 = target.num_grad_evals
-        starts = target.starts(max(map_starts, 1), spread=map_spread, seed=settings.seed)
-        if data_values:
-            starts = _data_informed(target, starts, data_values)
+        starts = target.starts(map_starts, spread=map_spread, seed=settings.seed, values=data_values)
         found = find_map(target, starts)
         best = found.best
         if not np.isfinite(found.potential[best]):
@@ -345,6 +372,16 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
         last = i == len(ladder) - 1
         if verdict.level == RELIABLE and mean_move <= mean_tol and sd_move <= sd_tol:
             outcome = "accepted"
+        elif result.posterior is not None and _psis_can_correct(diagnosis):
+            result, diagnosis = with_psis_draws(result, diagnosis)
+            verdict = diagnosis.verdict
+            key = (_LEVEL_RANK[verdict.level], diagnosis.elbo)
+            if verdict.level == RELIABLE:
+                outcome = "accepted with PSIS-resampled draws"
+            elif last:
+                outcome = "last guide of the ladder"
+            else:
+                outcome = f"moved on: {verdict.level} ({verdict.reason}); trying {ladder[i + 1]}"
         elif last:
             outcome = "last guide of the ladder"
         elif verdict.level == RELIABLE:
@@ -361,7 +398,7 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
         )
         if chosen is None or key > chosen_key:
             chosen, chosen_key = result, key
-        if outcome == "accepted":
+        if outcome.startswith("accepted"):
             break
         # The next guide starts from this fit when it is a full-rank Gaussian at least as good.
         if name == "multivariate_normal" and key >= chosen_key:
@@ -371,13 +408,17 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
             "guide='auto' could not fit any guide: " + "; ".join(f"{a.guide}: {a.outcome}" for a in attempts)
         )
     kept = chosen.guide_name
+    if chosen.posterior is not None and chosen.posterior.importance is not None:
+        kept_label = f"{kept} (PSIS-resampled)"
+    else:
+        kept_label = kept
     attempts = [
         replace(a, outcome=("chosen: " if a.guide == kept else "not chosen: ") + "the best verdict, then ELBO, of the attempts")
         if a.outcome == "last guide of the ladder"
         else a
         for a in attempts
     ]
-    record = dict(chosen.settings, guide="auto", chosen_guide=kept, ladder=list(ladder), latent_dimension=d)
+    record = dict(chosen.settings, guide="auto", chosen_guide=kept_label, ladder=list(ladder), latent_dimension=d)
     record["attempts"] = [a.as_dict() for a in attempts]
     record["grad_evals"] = int(sum(a.grad_evals for a in attempts))
     if problem is not None:

@@ -214,6 +214,13 @@ def flat_guide(settings: FitSettings) -> str | None:
     return name
 
 
+def fixed_draws(settings: FitSettings, name: str) -> bool:
+    """Whether family ``name`` is fitted on fixed draws (DADVI) under ``settings.draws``."""
+    if settings.draws == "auto":
+        return name != "iaf" and settings.optimizer is None and not callable(settings.lr)
+    return settings.draws == "fixed"
+
+
 def _particles(settings: FitSettings) -> int:
     return settings.num_particles or max(1, settings.batch_size // settings.restarts)
 
@@ -235,7 +242,7 @@ def target_for(model, args, kwargs, settings: FitSettings) -> Target | None:
 def _start(target: Target, settings: FitSettings, start: tuple | None) -> tuple[np.ndarray, np.ndarray]:
     """Starting ``(locs (R, d), scale_trils (R, d, d))`` of every restart."""
     R, d = settings.restarts, target.dim
-    starts = target.starts(R, spread=settings.restart_spread, seed=settings.seed, init_values=settings.init_values)
+    starts = target.starts(R, spread=settings.restart_spread, seed=settings.seed, values=settings.init_values)
     trils = np.repeat(np.eye(d)[None] * settings.init_scale, R, axis=0)
     if settings.init_params is not None:
         loc = np.asarray(settings.init_params["auto_loc"], dtype=float)
@@ -261,7 +268,7 @@ def fit_flat(target: Target, settings: FitSettings, *, start: tuple | None = Non
         A Gaussian ``N(loc, L L^T)`` (unconstrained) where restart 0 starts, e.g. the Laplace
         approximation; the family starts exactly there (flows at the identity).
     """
-    from .vi import find_map, fit_family
+    from .vi import find_map, fit_family, fit_family_fixed
 
     t0 = time.perf_counter()
     name = canonical_name(settings.guide)
@@ -287,18 +294,21 @@ def fit_flat(target: Target, settings: FitSettings, *, start: tuple | None = Non
         family = make_family(name, d, settings.guide_options)
         params = _init_params(family, locs, trils, settings.seed)
         t_compiled = time.perf_counter()
-        ff = fit_family(
-            target,
-            family,
-            params,
-            optimizer=settings.make_optimizer(),
-            rule=settings.rule,
-            seed=settings.seed,
-            chunk_size=settings.chunk_size,
-            nonfinite_limit=settings.nonfinite_limit,
-            progress=settings.progress,
-            desc=f"vifit {name}",
-        )
+        if fixed_draws(settings, name):
+            ff = fit_family_fixed(target, family, params, seed=settings.seed, max_iter=settings.rule.max_steps)
+        else:
+            ff = fit_family(
+                target,
+                family,
+                params,
+                optimizer=settings.make_optimizer(),
+                rule=settings.rule,
+                seed=settings.seed,
+                chunk_size=settings.chunk_size,
+                nonfinite_limit=settings.nonfinite_limit,
+                progress=settings.progress,
+                desc=f"vifit {name}",
+            )
         params, losses, best, stop, steps, nonfinite = (
             ff.params, ff.losses, ff.best, ff.stop_reason, ff.num_steps, ff.nonfinite
         )
@@ -313,6 +323,7 @@ def fit_flat(target: Target, settings: FitSettings, *, start: tuple | None = Non
         num_particles=_particles(settings),
         batch_size=target.batch_size,
         engine="flat",
+        draws="fixed" if name != "laplace" and fixed_draws(settings, name) else "fresh",
         grad_evals=int(target.num_grad_evals - evals0),
     )
     t_end = time.perf_counter()

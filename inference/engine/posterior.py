@@ -27,25 +27,28 @@ __all__ = ["FlatPosterior", "public_params"]
 DRAW_BATCH = 4096
 
 
+def _softplus(x):
+    return np.logaddexp(0.0, np.asarray(x, dtype=float))
+
+
 def public_params(family: Family, params) -> dict:
-    """The parameters of a family by the names of NumPyro's autoguides (constrained).
+    """The parameters of a family by the names of NumPyro's autoguides (constrained, NumPy).
 
     ``auto_loc`` and ``auto_scale_tril`` for the full-rank Gaussian (and the Gaussian under a
     flow, whose network weights follow as ``auto_flow_<i>_...``), ``auto_loc`` and ``auto_scale``
-    for mean-field, ``auto_loc``, ``auto_cov_factor`` and ``auto_scale`` for low-rank.
+    for mean-field, ``auto_loc``, ``auto_cov_factor`` and ``auto_scale`` for low-rank. Leaves may
+    carry a leading restart axis.
     """
-    from .families import _tril
-
     out = {"auto_loc": np.asarray(params["loc"])}
-    d = out["auto_loc"].shape[-1]
     if family.name == "normal":
-        out["auto_scale"] = np.asarray(jax.nn.softplus(params["scale"]))
+        out["auto_scale"] = _softplus(params["scale"])
     elif family.name == "low_rank":
         out["auto_cov_factor"] = np.asarray(params["W"])
-        out["auto_scale"] = np.asarray(jax.nn.softplus(params["diag"]))
+        out["auto_scale"] = _softplus(params["diag"])
     else:
-        tril = jnp.vectorize(lambda t, g: _tril({"tril": t, "diag": g}, d), signature="(d,d),(d)->(d,d)")
-        out["auto_scale_tril"] = np.asarray(tril(params["tril"], params["diag"]))
+        diag = _softplus(params["diag"])
+        tril = np.tril(np.asarray(params["tril"]), -1)
+        out["auto_scale_tril"] = tril + diag[..., :, None] * np.eye(diag.shape[-1])
     if "flows" in params:
         for path, leaf in jax.tree_util.tree_flatten_with_path(params["flows"])[0]:
             label = "auto_flow" + "".join(f"_{getattr(p, 'idx', getattr(p, 'key', p))}" for p in path)
@@ -63,11 +66,17 @@ class FlatPosterior:
     family : Family
     restart_params : pytree
         The family's parameters, each leaf with leading axis ``R`` (restarts).
+    importance : (int, ndarray (n, d), ndarray (n,), ndarray (n,)) or None
+        When set, ``(restart, u, log_q, log_weights)``: draws of that restart from the guide with
+        their Pareto-smoothed importance log weights (Yao et al. 2018). The draws of that restart
+        are then importance-resampled from them (:meth:`draw`); :meth:`draw_guide` still gives
+        the guide's own draws.
     """
 
     target: Target
     family: Family
     restart_params: Any
+    importance: tuple | None = None
     _draw: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -99,7 +108,20 @@ class FlatPosterior:
         return self._draw["fn"]
 
     def draw(self, restart: int, seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` draws ``u`` (``(n, d)``) of restart ``restart`` with their ``log q(u)`` (``(n,)``)."""
+        """``n`` posterior draws ``u`` (``(n, d)``) of restart ``restart`` with their ``log q(u)`` (``(n,)``).
+
+        The guide's draws, or, where :attr:`importance` is set for this restart, draws resampled
+        with probability proportional to their smoothed importance weights (with replacement).
+        """
+        if self.importance is not None and self.importance[0] == restart:
+            _, u, log_q, log_w = self.importance
+            p = np.exp(log_w - np.max(log_w))
+            idx = np.random.default_rng(seed).choice(p.size, size=int(n), replace=True, p=p / p.sum())
+            return u[idx], log_q[idx]
+        return self.draw_guide(restart, seed, n)
+
+    def draw_guide(self, restart: int, seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` draws ``u`` (``(n, d)``) from the guide of restart ``restart`` with ``log q(u)`` (``(n,)``)."""
         n = int(n)
         fn, params = self._program(), self.params(restart)
         parts = [jax.device_get(fn(params, np.int64(seed), np.int64(i))) for i in range(max(1, -(-n // DRAW_BATCH)))]

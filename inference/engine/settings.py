@@ -63,6 +63,10 @@ class FitSettings:
     Build it with ``FitSettings(...)`` or :meth:`from_keywords`; it validates itself.
     ``num_particles=None`` means: the flat engine uses one batch of the target
     (``batch_size`` points, shared by the restarts), the NumPyro SVI path uses 8.
+    ``draws`` chooses how the flat engine estimates the ELBO: ``"fixed"`` (one set of draws
+    fixed for the whole fit, a deterministic objective maximized by L-BFGS: DADVI),
+    ``"fresh"`` (new draws every step, Adam: stochastic VI), or ``"auto"`` (fixed for the
+    Gaussian families, fresh for flows, which would fit the fixed draws themselves).
     """
 
     guide: Any = "auto"
@@ -86,6 +90,7 @@ class FitSettings:
     guide_options: dict = field(default_factory=dict)
     progress: bool = True
     batch_size: int = 32
+    draws: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
@@ -108,6 +113,8 @@ class FitSettings:
         for name in ("min_steps", "max_steps"):
             if getattr(self, name) is not None:
                 positive_int(name, getattr(self, name))
+        if self.draws not in ("auto", "fixed", "fresh"):
+            raise ValueError(f"draws must be 'auto', 'fixed' or 'fresh', got {self.draws!r}")
         if self.optimizer is None:
             make_optimizer(self.lr, self.clip_norm)
         self.rule  # noqa: B018 - validates min_steps <= max_steps

@@ -7,7 +7,8 @@ and its arguments it holds
 * the **flat layout** of the latent sites in the unconstrained space (site names sorted, each
   raveled; the order of NumPyro's ``AutoContinuous`` guides), found by an abstract trace
   (``jax.eval_shape``: shapes only, nothing computed);
-* the **log density and its gradient** over a fixed batch of ``B`` points,
+* the **log density and its gradient** over a fixed batch of ``B`` points (one compiled
+  program, which also draws the starting points from the prior),
 
   .. math::
 
@@ -18,8 +19,8 @@ and its arguments it holds
   once (``jax.jit(...).lower(...).compile()``); non-finite values (a failed ODE solve, a draw
   outside the support) come back as :math:`-\infty` with a zero gradient, so a failure is a
   counted, impossible draw and never a crash;
-* the **prior program**: draws of the latent sites in the unconstrained space, moved part of the
-  way from the prior median (starting points; spread 1 gives prior draws);
+  the starting points are draws of the latent sites in the unconstrained space, moved part of
+  the way from the prior median (spread 1 gives prior draws), made by the same program;
 * the **predictive program** (compiled on first use): constrained latent values with the
   deterministic sites, the model's log joint and the Jacobian term, a posterior predictive draw
   and the pointwise log likelihood of each observed site, for the ArviZ export.
@@ -144,6 +145,8 @@ class Target:
         ``jax.ShapeDtypeStruct``), distribution and plates, for naming dimensions.
     num_grad_evals : int
         Points at which the log density and gradient have been evaluated so far (padding included).
+    num_density_evals : int
+        Points at which the log density alone has been evaluated (the verdict's draws).
     """
 
     model: Callable
@@ -151,11 +154,12 @@ class Target:
     kwargs: dict
     layout: Layout
     batch_size: int
-    _vg: Any = field(repr=False)
-    _prior: Any = field(repr=False)
+    _program: Any = field(repr=False)
+    _idle: Any = field(repr=False)
     _predict: Any = field(default=None, repr=False)
     prototype_trace: dict = field(default_factory=dict, repr=False)
     num_grad_evals: int = 0
+    num_density_evals: int = 0
     compile_s: float = 0.0
 
     @property
@@ -167,7 +171,8 @@ class Target:
     def value_and_grad(self, u) -> tuple[jax.Array, jax.Array]:
         """Log density and gradient at exactly ``B`` points ``u`` of shape ``(B, d)`` (device arrays)."""
         self.num_grad_evals += self.batch_size
-        return self._vg(u)
+        logp, grad, _ = self._program(u, self._idle[0], self._idle[1], np.int32(0))
+        return logp, grad
 
     def log_density(self, u: np.ndarray, *, grad: bool = False):
         """Log density (and gradient) at any number ``n`` of points, in batches of ``B``.
@@ -189,14 +194,17 @@ class Target:
             u = np.concatenate([u, np.repeat(u[-1:] if n else np.zeros((1, self.dim)), pad, axis=0)])
         values, grads = [], []
         for i in range(0, u.shape[0], B):
-            v, g = self.value_and_grad(jnp.asarray(u[i : i + B]))
-            values.append(v)
             if grad:
-                grads.append(g)
-        value = np.array(jnp.concatenate(values))[:n] if values else np.zeros(0)
+                v, g = self.value_and_grad(u[i : i + B])
+                grads.append(np.asarray(g))
+            else:
+                self.num_density_evals += B
+                v = self._program(u[i : i + B], self._idle[0], self._idle[1], np.int32(1))[0]
+            values.append(np.asarray(v))
+        value = np.concatenate(values)[:n] if values else np.zeros(0)
         if not grad:
             return value
-        return value, (np.array(jnp.concatenate(grads))[:n] if grads else np.zeros((0, self.dim)))
+        return value, (np.concatenate(grads)[:n] if grads else np.zeros((0, self.dim)))
 
     def hessian(self, u: np.ndarray, steps: np.ndarray | None = None, rel_step: float = 1e-4) -> np.ndarray:
         """Hessian of the log density at ``u`` (``(d,)``) by central differences of the exact gradient.
@@ -214,32 +222,43 @@ class Target:
         return 0.5 * (hess + hess.T)
 
     # -- the prior program -------------------------------------------------------------------
-    def starts(self, n: int, *, spread: float = 0.5, seed: int = 0, init_values: dict | None = None) -> np.ndarray:
-        """``n`` starting points ``(n, d)``: the first at the prior median (or ``init_values``), the others spread.
+    def starts(self, n: int, *, spread: float = 0.5, seed: int = 0, values: dict | None = None) -> np.ndarray:
+        """``n`` starting points ``(n, d)``: the first at the prior median, the others spread around it.
 
-        Start ``r > 0`` is :math:`c + s (u^*_r - c)` with :math:`c` the centre and :math:`u^*_r` a
-        prior draw (:class:`inference.engine.guides.SpreadInit`); ``spread=1`` gives prior draws.
+        Start ``r > 0`` is :math:`c + s (u^*_r - c)` with :math:`c` the prior median and
+        :math:`u^*_r` a prior draw (:class:`inference.engine.guides.SpreadInit`); ``spread=1``
+        gives prior draws. ``values`` (constrained, by site name; e.g. initial concentrations
+        read off the data) move the centre of those sites there, each start keeping its spread.
         """
-        keys = jax.random.split(jax.random.PRNGKey(seed), n)
         spreads = np.where(np.arange(n) == 0, 0.0, float(spread))
-        return self._batched_prior(keys, spreads, init_values)
+        starts = self._batched_prior(seed, spreads)
+        if values:
+            from numpyro.distributions.transforms import biject_to
+
+            i = 0
+            for name, shape in zip(self.layout.names, self.layout.shapes):
+                size = int(np.prod(shape))
+                if name in values:
+                    support = self.prototype_trace[name]["fn"].support
+                    c = np.ravel(np.asarray(biject_to(support).inv(np.asarray(values[name], dtype=float))))
+                    if c.size == size and np.all(np.isfinite(c)):
+                        starts[:, i : i + size] = c[None] + (starts[:, i : i + size] - starts[:1, i : i + size])
+                i += size
+        return starts
 
     def prior_draws(self, n: int, *, seed: int = 0) -> np.ndarray:
         """``n`` draws of the prior in the flat unconstrained space, ``(n, d)``."""
-        keys = jax.random.split(jax.random.PRNGKey(seed), n)
-        return self._batched_prior(keys, np.ones(n), None)
+        return self._batched_prior(seed, np.ones(n))
 
-    def _batched_prior(self, keys, spreads, init_values) -> np.ndarray:
-        if init_values:
-            # Data-informed centres change the program: they are compiled in as constants.
-            fn = _prior_program(self.model, self.args, self.kwargs, self.layout, init_values, self.batch_size)
-        else:
-            fn = self._prior
+    def _batched_prior(self, seed: int, spreads: np.ndarray) -> np.ndarray:
         n, B = len(spreads), self.batch_size
         pad = (-n) % B
-        keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, axis=0)]) if pad else keys
         spreads = np.concatenate([spreads, np.zeros(pad)])
-        out = [np.asarray(fn(keys[i : i + B], jnp.asarray(spreads[i : i + B]))) for i in range(0, n + pad, B)]
+        u0 = self._idle[2]
+        out = []
+        for i in range(0, n + pad, B):
+            seeds = np.stack([np.full(B, seed, dtype=np.int64), np.arange(i, i + B, dtype=np.int64)], axis=1)
+            out.append(np.asarray(self._program(u0, seeds, spreads[i : i + B], np.int32(2))[2]))
         return np.concatenate(out)[:n]
 
     # -- the predictive program --------------------------------------------------------------
@@ -331,7 +350,11 @@ def _log_density_fn(model, args, kwargs, layout):
         ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
         return jnp.where(ok, value, -jnp.inf), jnp.where(ok, grad, 0.0)
 
-    return value_and_grad
+    def density(u):
+        value = log_density(u)
+        return jnp.where(jnp.isfinite(value), value, -jnp.inf)
+
+    return value_and_grad, density
 
 
 def _aot(fn, *shapes):
@@ -339,16 +362,18 @@ def _aot(fn, *shapes):
 
 
 class _Cut(Exception):
-    """Raised at the first observed site: the latent sites are all drawn, the likelihood is not needed."""
+    """Raised once every latent site is drawn: the likelihood is not needed for prior draws."""
 
 
 def _latents_only(model, names):
-    """The model run up to the point where every latent site in ``names`` has a value.
+    """The model run until every latent site in ``names`` has a value, then stopped.
 
-    The prior program needs only the latent sites; stopping the model at the first observed
-    site once they are all drawn keeps the likelihood (an ODE solve, say) out of the program.
+    The prior draws need only the latent sites; stopping the model right after the last of them
+    keeps the likelihood (an ODE solve, say) out of the traced program.
     """
     from numpyro.primitives import Messenger
+
+    wanted = set(names)
 
     class CutAfterLatents(Messenger):
         def __init__(self, fn):
@@ -358,21 +383,23 @@ def _latents_only(model, names):
         def postprocess_message(self, msg):
             if msg["type"] == "sample" and not msg["is_observed"]:
                 self.seen.add(msg["name"])
-            elif msg["type"] == "sample" and self.seen >= set(names):
-                raise _Cut
+                if self.seen >= wanted:
+                    raise _Cut
 
     return CutAfterLatents(model)
 
 
-def _prior_program(model, args, kwargs, layout, init_values, batch_size):
+def _prior_fn(model, args, kwargs, layout):
+    """``prior(seed_pair, spread) -> u``: a start or prior draw in the flat space (one point)."""
     from numpyro import handlers
     from numpyro.distributions.transforms import biject_to
 
     from .guides import SpreadInit
 
-    init = SpreadInit(values=init_values)
+    init = SpreadInit()
 
-    def one(key, spread):
+    def one(seed_pair, spread):
+        key = jax.random.fold_in(jax.random.PRNGKey(seed_pair[0]), seed_pair[1])
         tracer = handlers.trace(handlers.substitute(handlers.seed(model, key), substitute_fn=init))
         with init.spread(spread):
             try:
@@ -385,8 +412,7 @@ def _prior_program(model, args, kwargs, layout, init_values, batch_size):
             [jnp.ravel(biject_to(trace[n]["fn"].support).inv(trace[n]["value"])) for n in layout.names]
         )
 
-    key_shape = jax.eval_shape(lambda: jax.random.split(jax.random.PRNGKey(0), batch_size))
-    return _aot(jax.vmap(one), key_shape, jax.ShapeDtypeStruct((batch_size,), jnp.float64))
+    return one
 
 
 def _predictive_program(model, args, kwargs, layout, batch_size):
@@ -458,7 +484,33 @@ def make_target(model: Callable, args: tuple = (), kwargs: dict | None = None, *
             f"the plate {subsampled[0]!r} subsamples its data (minibatches), so the model's log density changes from "
             "call to call; fit it through NumPyro's SVI (a guide object, or guide='normal' with objective='meanfield_elbo')"
         )
-    vg = _aot(jax.vmap(_log_density_fn(model, args, kwargs, layout)), jax.ShapeDtypeStruct((batch_size, layout.size), jnp.float64))
-    prior = _prior_program(model, args, kwargs, layout, None, batch_size)
-    return Target(model, tuple(args), kwargs, layout, int(batch_size), vg, prior, prototype_trace=trace,
+    value_and_grad_one, log_density_one = _log_density_fn(model, args, kwargs, layout)
+    value_and_grad, log_density = jax.vmap(value_and_grad_one), jax.vmap(log_density_one)
+    prior = jax.vmap(_prior_fn(model, args, kwargs, layout))
+    B, d = int(batch_size), layout.size
+
+    def target_program(u, seeds, spreads, mode):
+        # One program for every use, by mode: the log density and its gradient at u (0), the log
+        # density alone (1), or prior draws / starting points (2).
+        def density_and_grad(_):
+            logp, grad = value_and_grad(u)
+            return logp, grad, jnp.zeros((B, d))
+
+        def density(_):
+            return log_density(u), jnp.zeros((B, d)), jnp.zeros((B, d))
+
+        def starts(_):
+            return jnp.zeros(B), jnp.zeros((B, d)), prior(seeds, spreads)
+
+        return jax.lax.switch(mode, (density_and_grad, density, starts), None)
+
+    program = _aot(
+        target_program,
+        jax.ShapeDtypeStruct((B, d), jnp.float64),
+        jax.ShapeDtypeStruct((B, 2), jnp.int64),
+        jax.ShapeDtypeStruct((B,), jnp.float64),
+        jax.ShapeDtypeStruct((), jnp.int32),
+    )
+    idle = (jnp.zeros((B, 2), jnp.int64), jnp.zeros(B), jnp.zeros((B, d)))
+    return Target(model, tuple(args), kwargs, layout, B, program, idle, prototype_trace=trace,
                   compile_s=time.perf_counter() - t0)

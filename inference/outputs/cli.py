@@ -5,42 +5,130 @@
     vifit demo [--out DIR]                      bundled BOD data, writes ./vifit-demo/
     vifit fit CONFIG.toml [--out DIR]           a fit described in TOML
     vifit fit DATA.csv --mechanism "A -> B : k" --initial A=1 [--out DIR]
-    vifit report DIR/posterior.nc               rebuild report.html from a saved result
+    vifit report DIR/posterior.nc [--force]     rebuild report.html from a saved result
     vifit mechanisms                            built-in mechanisms and rate laws
 
 ``--nuts`` (fit, demo) also runs NUTS and compares the posterior with it; ``--open`` opens the report.
 
-Exit codes: 0 success, 2 a user error (printed as one sentence, no traceback), 1 an internal
-error. The command line reaches the model builders through the ``vifit.models`` entry point
-``kinetics`` only.
+Exit codes: 0 success, 2 a user error (printed as one sentence, no traceback; a folder or file
+that cannot be written is one), 1 an internal error, 130 interrupted (Ctrl-C), 143 terminated
+(SIGTERM) while writing. The command line reaches the model builders through the
+``vifit.models`` entry point ``kinetics`` only.
 
 Outputs of a fit, in one folder written atomically (a crash never leaves a half-written folder
 that looks complete): ``report.html`` (one self-contained page: data, mechanism, verdict,
-posterior table, plots), ``summary.csv``, ``posterior.nc`` (ArviZ InferenceData, netCDF, every
-group), ``fit.json`` (settings, versions, seed, timings, stop reason, verdict, diagnostics) and
-``plots/`` (``fit.png``, ``elbo.png``, ``marginals.png``, ``pair.png``, ``psis.png``); with
-``--nuts`` also ``reference.nc``, ``comparison.csv`` and ``plots/comparison.png``.
+posterior table, plots), ``summary.csv``, ``posterior.nc`` (ArviZ DataTree, netCDF, every
+group), ``fit.json`` (settings, versions, seed, timings, stop reason, verdict, diagnostics),
+``plots/`` (``fit.png``, ``elbo.png``, ``marginals.png``, ``pair.png``, ``psis.png``) and the
+marker ``.vifit-result`` (see :mod:`inference.outputs.result_folder`); with ``--nuts`` also
+``reference.nc``, ``comparison.csv`` and ``plots/comparison.png``.
+
+The rules of the output folder (``docs/cli.md``, "The output folder"): ``--out`` is checked before
+the fit (never the current folder, a folder holding it or the inputs, a file or a link; an
+existing folder only when everything in it is listed in its marker); the posterior is written
+first; when anything fails after the fit, what was written is moved to a rescue folder
+``<out>.vifit-rescue-<time>`` next to ``--out`` (else in the current or the temporary folder),
+named in the message, and no temporary folder is left. ``vifit report`` never writes over its
+input or over a file vifit did not write, and replaces its own earlier report only with
+``--force``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "UserError"]
+from . import result_folder
+from .result_folder import FolderError
+
+__all__ = ["main", "UserError", "Terminated", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
+
+#: Exit code after Ctrl-C outside the optimization (128 + SIGINT).
+EXIT_INTERRUPTED = 130
+#: Exit code after SIGTERM while the results were written (128 + SIGTERM).
+EXIT_TERMINATED = 143
 
 
 class UserError(Exception):
     """An error in what the user asked for; printed as a sentence, exit code 2."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived while vifit was writing; raised so that the writing is cleaned up."""
+
+
+class WriteFailed(Exception):
+    """Writing the results of a finished fit failed; ``saved`` says where they were kept.
+
+    Parameters
+    ----------
+    cause : BaseException
+        What went wrong.
+    saved : str
+        A sentence naming the rescue folder (or why nothing could be saved).
+    out : pathlib.Path
+        The output folder that was asked for.
+    """
+
+    def __init__(self, cause: BaseException, saved: str, out: Path):
+        super().__init__(f"{cause}; {saved}")
+        self.cause, self.saved, self.out = cause, saved, out
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """Turn SIGTERM into :class:`Terminated` (main thread only; the old handler comes back after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _sigterm_deferred():
+    """While cleaning up after an error, a further SIGTERM waits until the cleanup is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _plain_text():
+    """Draw text as given: ``$...$`` in a unit or a name is not matplotlib mathtext.
+
+    vifit's own labels use no mathtext, so turning it off only protects user text (units, species
+    and parameter names) from being parsed, and failing, as math.
+    """
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False}):
+        yield
 
 
 def _kinetics_job_class():
@@ -77,14 +165,62 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _prepare_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file; choose a folder name")
-    if out.is_dir() and any(out.iterdir()) and not (out / "fit.json").exists():
+def _groups(tree) -> set[str]:
+    """Names of the groups of a result (the children of its ``xarray.DataTree``)."""
+    return set(tree.children)
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return candidate
+    return Path(path.anchor or ".")
+
+
+def _check_parent(path: Path, where: str) -> None:
+    """Check that the folder to hold ``path`` exists or can be made, and can be written."""
+    parent = Path(os.path.abspath(path)).parent
+    existing = _nearest_existing(parent)
+    if not existing.is_dir():
+        raise UserError(f"{where} cannot be written: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{where} cannot be written: no permission to write in {str(existing)!r}")
+
+
+def _check_out(raw: str, inputs) -> Path:
+    """Return the output folder of a fit; refuse it with a sentence, before the fit, if unusable."""
+    if not raw.strip():
+        raise UserError("--out is empty; give the name of a new folder, e.g. --out results")
+    out = Path(raw)
+    where = f"--out {raw!r}"
+    if out.is_symlink():
         raise UserError(
-            f"--out {str(out)!r} exists, is not empty and does not hold a vifit result; choose "
-            "another folder (vifit replaces only its own earlier results)"
+            f"{where} is a symbolic link; give the folder it points to ({os.readlink(out)!r}) or a new name"
         )
+    resolved, cwd = out.resolve(), Path.cwd().resolve()
+    if resolved == cwd:
+        raise UserError(
+            f"{where} is the current folder; vifit writes a result into a folder of its own (and may "
+            "replace it later), so give a new folder name, e.g. --out results"
+        )
+    if resolved in cwd.parents:
+        raise UserError(f"{where} holds the current folder; give a new folder name, e.g. --out results")
+    for path in inputs:
+        path = Path(path)
+        if resolved == path.resolve():
+            raise UserError(f"{where} is the input file {str(path)!r}; give a new folder name, e.g. --out results")
+        if resolved in path.resolve().parents:
+            raise UserError(
+                f"{where} holds the input file {str(path)!r}; give a new folder name, e.g. --out results"
+            )
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{where} is a file; choose a folder name")
+    _check_parent(out, where)
+    try:
+        result_folder.check_replaceable(out)
+    except FolderError as err:
+        raise UserError(str(err)) from err
+    return out
 
 
 PLOTS = {
@@ -99,86 +235,222 @@ PLOTS = {
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
-def _write_plots(idata, folder: Path, *, losses, best: int, comparison=None) -> None:
-    """Every plot of a result into ``folder`` (PNG)."""
+def _plot_jobs(tree, *, losses, best: int, comparison=None) -> list[tuple[str, Any]]:
+    """``(file name, draw)`` for every plot of a result; ``draw()`` returns the figure."""
     from . import plots
 
-    folder.mkdir(exist_ok=True)
-    if "predictions" in idata.groups():
-        _save(plots.plot_fit_from_idata(idata), folder / "fit.png")
-    _save(plots.plot_elbo(losses, best=best), folder / "elbo.png")
-    _save(plots.plot_marginals(idata, chain=best), folder / "marginals.png")
+    jobs = []
+    if "predictions" in _groups(tree):
+        jobs.append(("fit.png", lambda: plots.plot_fit_from_idata(tree)))
+    jobs.append(("elbo.png", lambda: plots.plot_elbo(losses, best=best)))
+    jobs.append(("marginals.png", lambda: plots.plot_marginals(tree, chain=best)))
     reference = comparison.reference_idata if comparison is not None else None
-    _save(plots.plot_pair(idata, chain=best, reference=reference, reference_label="NUTS"), folder / "pair.png")
-    _save(plots.plot_psis(idata, chain=best), folder / "psis.png")
+    jobs.append(
+        ("pair.png", lambda: plots.plot_pair(tree, chain=best, reference=reference, reference_label="NUTS"))
+    )
+    jobs.append(("psis.png", lambda: plots.plot_psis(tree, chain=best)))
     if comparison is not None:
-        _save(comparison.plot(), folder / "comparison.png")
+        jobs.append(("comparison.png", comparison.plot))
+    return jobs
+
+
+def _write_plots(jobs, folder: Path) -> None:
+    """Every plot of ``jobs`` into ``folder`` (PNG), user text drawn as plain text."""
+    folder.mkdir(exist_ok=True)
+    with _plain_text():
+        for name, draw in jobs:
+            _save(draw(), folder / name)
+
+
+def _write_netcdf(tree, path: Path) -> None:
+    """``tree.to_netcdf`` through a hidden partial file, so ``path`` only ever holds a whole file."""
+    part = path.with_name(f".{path.name}.part")
+    try:
+        tree.to_netcdf(str(part))
+        os.replace(part, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            part.unlink()
+        raise
+
+
+def _new_folder(parent: Path, name: str) -> Path:
+    """Make a hidden temporary folder in ``parent``, with the mode the user's umask gives."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent))
+    os.chmod(tmp, result_folder.folder_mode())
+    return tmp
+
+
+def _rescue_bases(out: Path) -> list[Path]:
+    bases = []
+    for base in (Path(os.path.abspath(out)).parent, Path.cwd(), Path(tempfile.gettempdir())):
+        if base not in bases:
+            bases.append(base)
+    return bases
+
+
+def _rescue(state: dict, out: Path, result, num_samples: int) -> str:
+    """Keep what a failed write produced: the posterior first. Returns a sentence saying where.
+
+    The temporary folder (or a new one, when it could not be made) gets ``posterior.nc`` if it has
+    none yet (or ``posterior-draws.npz``, the guide's draws, when the ArviZ export itself failed),
+    then a marker, and is moved to ``<out>.vifit-rescue-<time>`` next to ``out``, else in the
+    current folder, else in the temporary folder of the system.
+    """
+    import numpy as np
+
+    name = out.name or "vifit"
+    folder = state.get("tmp")
+    if folder is None or not folder.is_dir():
+        folder = None
+        for base in _rescue_bases(out):
+            with contextlib.suppress(OSError):
+                folder = _new_folder(base, name)
+                break
+        if folder is None:
+            return "the posterior could not be saved: no folder could be written"
+    saved, problem = None, ""
+    if (folder / "posterior.nc").is_file():
+        saved = "posterior.nc"
+    elif state.get("tree") is not None:
+        try:
+            _write_netcdf(state["tree"], folder / "posterior.nc")
+            saved = "posterior.nc"
+        except Exception as err:  # noqa: BLE001 - fall back to the raw draws below
+            problem = f"{type(err).__name__}: {err}"
+    if saved is None:
+        try:
+            draws = result.sample(num_samples)
+            np.savez(folder / "posterior-draws.npz", **{k: np.asarray(v) for k, v in draws.items()})
+            saved = "posterior-draws.npz"
+        except Exception as err:  # noqa: BLE001 - say so below
+            problem = problem or f"{type(err).__name__}: {err}"
+    for part in folder.glob(".*.part"):
+        with contextlib.suppress(OSError):
+            part.unlink()
+    if not any(folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
+        return "the posterior could not be saved" + (f" ({problem})" if problem else "")
+    complete = (folder / result_folder.MARKER).is_file()  # the marker is the last file written
+    if not complete:
+        with contextlib.suppress(OSError):
+            result_folder.write_marker(folder, command=state.get("command", "fit"), complete=False)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for base in _rescue_bases(out):
+        target = base / f"{name}.vifit-rescue-{stamp}"
+        n = 1
+        while target.exists() or target.is_symlink():
+            n += 1
+            target = base / f"{name}.vifit-rescue-{stamp}-{n}"
+        try:
+            shutil.move(str(folder), str(target))
+        except OSError:
+            if target.exists() and folder.exists():
+                shutil.rmtree(target, ignore_errors=True)
+            continue
+        break
+    else:
+        target = folder
+    if complete:
+        return f"the fit's results are saved in {str(target)!r}"
+    if saved == "posterior.nc":
+        what = "with posterior.nc"
+    elif saved:
+        why = f": {problem}" if problem else ""
+        what = f"with the posterior draws in posterior-draws.npz (posterior.nc could not be written{why})"
+    else:
+        what = f"without the posterior, which could not be saved ({problem})"
+    return f"the fit's results so far are saved in {str(target)!r}, {what}"
 
 
 def _write_results(job, result, out: Path, *, num_samples: int, started: float, reference=None) -> dict:
-    """Write every output into a temporary sibling folder, then move it into place."""
+    """Write every output into a temporary sibling folder, then move it into place.
+
+    ``reference`` is a callable that runs NUTS (or None); it runs after ``posterior.nc`` is on
+    disk. When anything fails, :func:`_rescue` keeps what was written and :class:`WriteFailed`
+    is raised.
+    """
+    state: dict[str, Any] = {"tmp": None, "tree": None, "done": False, "command": "fit"}
+    with _sigterm_raises():
+        try:
+            return _write_into_place(
+                job, result, out, state, num_samples=num_samples, started=started, reference=reference
+            )
+        except BaseException as err:
+            if state["done"]:
+                raise
+            with _sigterm_deferred():
+                try:
+                    saved = _rescue(state, out, result, num_samples)
+                except Exception as rescue_err:  # noqa: BLE001 - the first error is the one to report
+                    saved = f"the results could not be saved ({type(rescue_err).__name__}: {rescue_err})"
+            raise WriteFailed(err, saved, out) from err
+
+
+def _write_into_place(job, result, out: Path, state: dict, *, num_samples: int, started: float, reference) -> dict:
     import numpy as np
 
-    from ..checks.compare import compare
+    from .. import compare
     from .report import write_report
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        idata = result.to_arviz(num_samples=num_samples)
-        idata.posterior.attrs["title"] = job.title
-        summary = result.summary(num_samples=num_samples)
-        verdict = result.verdict()
-        summary.to_csv(tmp / "summary.csv")
-        idata.to_netcdf(str(tmp / "posterior.nc"))
-        comparison = None
-        if reference is not None:
-            comparison = compare(result, reference)
-            comparison.table.to_csv(tmp / "comparison.csv", index_label="parameter")
-            comparison.reference_idata.to_netcdf(str(tmp / "reference.nc"))
-        _write_plots(idata, tmp / "plots", losses=result.losses, best=result.best_restart, comparison=comparison)
-        write_report(tmp / "report.html", idata, comparison=comparison, title=job.title)
-        curve = idata.predictions["curve"].values if "predictions" in idata.groups() else np.zeros((1, 1, 0))
-        failed = int(np.isnan(curve).reshape(curve.shape[0] * curve.shape[1], -1).any(axis=1).sum())
-        record = {
-            "title": job.title,
-            "job": job.describe(),
-            "fit": result.settings,
-            "seed": result.seed,
-            "stop_reason": str(result.stop_reason),
-            "num_steps": result.num_steps,
-            "elbo": result.elbo,
-            "timings": dict(result.timings._asdict(), command_s=time.perf_counter() - started),
-            "verdict": verdict.to_dict(),
-            "diagnostics": {
-                "nonfinite_steps": int(result.nonfinite_steps.sum()),
-                "nonfinite_reason": result.nonfinite_reason,
-                "ode_failed_draws": failed,
-                "ode_draws": int(curve.shape[0] * curve.shape[1]),
-                "notes": list(summary.notes),
-            },
-            "posterior": {
-                name: {"mean": float(row["mean"]), "sd": float(row["sd"])} for name, row in summary.table.iterrows()
-            },
-            "versions": _versions(),
+    Path(os.path.abspath(out)).parent.mkdir(parents=True, exist_ok=True)
+    tmp = state["tmp"] = _new_folder(Path(os.path.abspath(out)).parent, out.name)
+    tree = result.to_arviz(num_samples=num_samples)
+    tree["posterior"].attrs["title"] = job.title
+    state["tree"] = tree
+    _write_netcdf(tree, tmp / "posterior.nc")  # first: the one file a failure must not lose
+    comparison = None
+    if reference is not None:
+        comparison = compare(result, reference())
+        comparison.table.to_csv(tmp / "comparison.csv", index_label="parameter")
+        _write_netcdf(comparison.reference_idata, tmp / "reference.nc")
+    summary = result.summary(num_samples=num_samples)
+    verdict = result.verdict()
+    summary.to_csv(tmp / "summary.csv")
+    _write_plots(_plot_jobs(tree, losses=result.losses, best=result.best_restart, comparison=comparison), tmp / "plots")
+    with _plain_text():
+        write_report(tmp / "report.html", tree, comparison=comparison, title=job.title)
+    groups = _groups(tree)
+    curve = tree["predictions"]["curve"].values if "predictions" in groups else np.zeros((1, 1, 0))
+    failed = int(np.isnan(curve).reshape(curve.shape[0] * curve.shape[1], -1).any(axis=1).sum())
+    record = {
+        "title": job.title,
+        "job": job.describe(),
+        "fit": result.settings,
+        "seed": result.seed,
+        "stop_reason": str(result.stop_reason),
+        "num_steps": result.num_steps,
+        "elbo": result.elbo,
+        "timings": dict(result.timings._asdict(), command_s=time.perf_counter() - started),
+        "verdict": verdict.to_dict(),
+        "diagnostics": {
+            "nonfinite_steps": int(result.nonfinite_steps.sum()),
+            "nonfinite_reason": result.nonfinite_reason,
+            "ode_failed_draws": failed,
+            "ode_draws": int(curve.shape[0] * curve.shape[1]),
+            "notes": list(summary.notes),
+        },
+        "posterior": {
+            str(name): {"mean": float(row["mean"]), "sd": float(row["sd"])} for name, row in summary.table.iterrows()
+        },
+        "versions": _versions(),
+    }
+    if comparison is not None:
+        record["nuts_check"] = {
+            "reference": comparison.reference_name,
+            "all_ok": comparison.all_ok,
+            "table": comparison.table.to_dict(orient="index"),
         }
-        if comparison is not None:
-            record["nuts_check"] = {
-                "reference": comparison.reference_name,
-                "all_ok": comparison.all_ok,
-                "table": comparison.table.to_dict(orient="index"),
-            }
-        (tmp / "fit.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    (tmp / "fit.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    result_folder.write_marker(tmp, command="fit")
+    result_folder.replace(tmp, out)
+    state["done"] = True
     return {"summary": summary, "record": record, "comparison": comparison}
 
 
@@ -193,9 +465,8 @@ def _run(
     nuts_check: bool = False,
     open_report: bool = False,
 ) -> int:
-    from ..engine.fit import fit
+    from .. import fit
 
-    _prepare_out(out)
     options = dict(job.fit_options)
     if seed is not None:
         options["seed"] = seed
@@ -206,10 +477,13 @@ def _run(
         raise UserError(f"the fit settings are not valid: {err}") from err
     reference = None
     if nuts_check:
-        from ..checks.nuts import nuts
 
-        print("vifit: running NUTS for the reference check (4 chains x 1000 + 1000)", flush=True)
-        reference = nuts(job.model, seed=options.get("seed", 0), progress=progress)
+        def reference():
+            from .. import nuts
+
+            print("vifit: running NUTS for the reference check (4 chains x 1000 + 1000)", flush=True)
+            return nuts(job.model, seed=options.get("seed", 0), progress=progress)
+
     written = _write_results(job, result, out, num_samples=num_samples, started=started, reference=reference)
     print(written["summary"])
     if written["comparison"] is not None:
@@ -231,41 +505,122 @@ def _run(
     return 0
 
 
-def _report(source: Path, out: Path | None, reference: Path | None) -> int:
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_report_targets(out: Path, plot_names, inputs, *, force: bool) -> None:
+    """Refuse, with a sentence, any file ``vifit report`` must not write over."""
+    folder = out.parent
+    marker, _ = result_folder.read_marker(folder) if folder.is_dir() else (None, "")
+    where = f"--out {str(out)!r}"
+    if out.name == result_folder.MARKER or (out.name == "plots" and plot_names):
+        raise UserError(f"{where} is a name vifit uses in a result folder; give another file name, e.g. report.html")
+    plots = folder / "plots"
+    if plot_names and (plots.is_symlink() or (plots.exists() and not plots.is_dir())):
+        raise UserError(f"{str(plots)!r} is not a folder, so the plots cannot be written there; choose another --out")
+    targets = [(out, out.name, "report")] + [(plots / n, f"plots/{n}", "plot") for n in plot_names]
+    for path, rel, role in targets:
+        if not (path.exists() or path.is_symlink()):
+            continue
+        name = where if path == out else repr(str(path))
+        for source in inputs:
+            if _same_file(path, source):
+                raise UserError(
+                    f"{name} is the input {str(source)!r}; vifit report never writes over its input, "
+                    "so give another file, e.g. --out report.html"
+                )
+        if path.is_symlink():
+            raise UserError(f"{name} is a symbolic link; vifit report does not write through links")
+        if path.is_dir():
+            raise UserError(
+                f"{name} is a folder; give the HTML file to write, e.g. --out {str(path / 'report.html')!r}"
+                if path == out
+                else f"{name} is a folder; choose another --out"
+            )
+        if not result_folder.is_vifits(folder, rel, marker):
+            raise UserError(
+                f"{name} exists and was not written by vifit; vifit report writes only new files or over "
+                "its own earlier report (with --force), so choose another --out"
+            )
+        if not result_folder.is_vifits(folder, rel, marker, role=role):
+            raise UserError(f"{name} is a file of a vifit result, not a report; choose another --out")
+        if not force:
+            raise UserError(
+                f"{name} holds an earlier report; add --force to replace it (and its plots), or choose another --out"
+            )
+
+
+def _report(source: Path, out_raw: str | None, reference: Path | None, *, force: bool = False) -> int:
     """``vifit report posterior.nc``: rebuild report.html (and the plots) from a saved result."""
-    from .arviz_export import import_arviz
-    from ..checks.compare import compare
+    import arviz as az
+
+    from .. import compare
     from .report import write_report
 
-    az = import_arviz()
     if not source.is_file():
         raise UserError(f"{str(source)!r} is not a file; give the posterior.nc written by 'vifit fit'")
+    if out_raw is not None and not out_raw.strip():
+        raise UserError("--out is empty; give the HTML file to write, e.g. --out report.html")
+    out = Path(out_raw) if out_raw is not None else source.with_name("report.html")
+    if reference is not None and not reference.is_file():
+        raise UserError(f"--reference {str(reference)!r} is not a file; give a netCDF file such as reference.nc")
 
     def load(path: Path, what: str):
         try:
-            return az.from_netcdf(str(path))
+            tree = az.from_netcdf(str(path))
+            tree.load()
+            return tree
         except (OSError, ValueError) as err:
             raise UserError(f"{str(path)!r} is not an ArviZ netCDF file ({what}): {err}") from err
 
-    idata = load(source, "the result")
-    if "posterior" not in idata.groups():
+    tree = load(source, "the result")
+    if "posterior" not in _groups(tree):
         raise UserError(f"{str(source)!r} has no posterior group; give the posterior.nc written by 'vifit fit'")
     reference = reference if reference is not None else source.with_name("reference.nc")
+    inputs = [source]
     comparison = None
     if reference.is_file():
+        inputs.append(reference)
         try:
-            comparison = compare(idata, load(reference, "the reference"))
+            comparison = compare(tree, load(reference, "the reference"))
         except ValueError as err:
             raise UserError(f"{str(reference)!r} cannot be compared with {str(source)!r}: {err}") from err
-    out = out or source.with_name("report.html")
-    if "optimization" in idata.groups():
-        best = int(idata.posterior.attrs.get("best_restart", 0))
-        _write_plots(
-            idata, out.parent / "plots", losses=idata.optimization["loss"].values, best=best, comparison=comparison
-        )
-    path = write_report(out, idata, comparison=comparison)
-    verdict = idata.posterior.attrs.get("verdict")
-    print(f"report: {path.resolve()}" + (f" (verdict: {verdict})" if verdict else ""))
+    jobs = []
+    if "optimization" in _groups(tree):
+        best = int(tree["posterior"].attrs.get("best_restart", 0))
+        jobs = _plot_jobs(tree, losses=tree["optimization"]["loss"].values, best=best, comparison=comparison)
+    plot_names = [name for name, _ in jobs]
+    _check_report_targets(out, plot_names, inputs, force=force)
+    _check_parent(out, f"--out {str(out)!r}")
+    folder = Path(os.path.abspath(out)).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = None
+    with _sigterm_raises():
+        try:
+            tmp = _new_folder(folder, out.name)
+            if jobs:
+                _write_plots(jobs, tmp / "plots")
+            with _plain_text():
+                write_report(tmp / "report.html", tree, comparison=comparison)
+            _check_report_targets(out, plot_names, inputs, force=force)  # again: time has passed
+            written = {}
+            if plot_names:
+                (folder / "plots").mkdir(exist_ok=True)
+                for name in plot_names:
+                    os.replace(tmp / "plots" / name, folder / "plots" / name)
+                    written[f"plots/{name}"] = "plot"
+            os.replace(tmp / "report.html", folder / out.name)
+            written[out.name] = "report"
+            result_folder.record(folder, written, command="report")
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+    verdict = tree["posterior"].attrs.get("verdict")
+    print(f"report: {out.resolve()}" + (f" (verdict: {verdict})" if verdict else ""))
     return 0
 
 
@@ -276,7 +631,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def common(p):
-        p.add_argument("--out", type=Path, help="output folder")
+        p.add_argument("--out", help="output folder: a new one, or an earlier vifit result to replace")
         p.add_argument("--seed", type=int, help="random seed (default: the config's, else 0)")
         p.add_argument("--samples", type=int, default=1000, help="posterior draws written (default 1000)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -307,9 +662,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="rebuild report.html from a saved posterior.nc")
     report.add_argument("source", type=Path, help="posterior.nc written by 'vifit fit' or 'vifit demo'")
-    report.add_argument("--out", type=Path, help="HTML file to write (default: report.html next to SOURCE)")
+    report.add_argument("--out", help="HTML file to write (default: report.html next to SOURCE)")
     report.add_argument(
         "--reference", type=Path, help="a reference posterior (netCDF) to compare with (default: reference.nc next to SOURCE)"
+    )
+    report.add_argument(
+        "--force", action="store_true", help="replace an earlier report (and its plots) that vifit wrote"
     )
     report.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
@@ -356,6 +714,49 @@ def _job_from_args(args, job_class):
     return job
 
 
+def _inputs(args, job) -> list[Path]:
+    """Return the files a fit reads (data, configuration); ``--out`` must not hold them."""
+    inputs = []
+    data = (job.config or {}).get("data")
+    if data:
+        inputs.append(Path(data))
+    source = getattr(args, "source", None)
+    if source and str(source).lower().endswith(".toml"):
+        inputs.append(Path(source))
+    return inputs
+
+
+def _write_failed(err: WriteFailed, debug: bool) -> int:
+    cause = err.cause
+    if isinstance(cause, Terminated):
+        print(f"vifit: terminated (SIGTERM) while writing the results; {err.saved}", file=sys.stderr)
+        return EXIT_TERMINATED
+    if isinstance(cause, KeyboardInterrupt):
+        print(f"vifit: interrupted while writing the results; {err.saved}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(cause, (UserError, FolderError)):
+        print(f"vifit: error: {cause}; {err.saved}", file=sys.stderr)
+        return 2
+    if isinstance(cause, OSError):
+        where = f" ({cause.filename})" if cause.filename else ""
+        print(
+            f"vifit: error: the results could not be written to {str(err.out)!r}: "
+            f"{cause.strerror or cause}{where}; {err.saved}",
+            file=sys.stderr,
+        )
+        return 2
+    if debug:
+        print(f"vifit: {err.saved}", file=sys.stderr)
+        raise cause
+    print(
+        f"vifit: internal error: {type(cause).__name__}: {cause}\n"
+        "This is a bug in vifit, not in your input; run again with --debug for the traceback.\n"
+        f"vifit: {err.saved}",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     started = time.perf_counter()
@@ -371,18 +772,19 @@ def main(argv: list[str] | None = None) -> int:
             print(job_class.catalogue())
             return 0
         if args.command == "report":
-            return _report(args.source, args.out, args.reference)
+            return _report(args.source, args.out, args.reference, force=args.force)
         if args.command == "demo":
             job = job_class.demo()
-            out = args.out or Path("vifit-demo")
+            out_raw = args.out if args.out is not None else "vifit-demo"
         else:
             try:
                 job = _job_from_args(args, job_class)
             except (ValueError, TypeError, OSError) as err:
                 raise UserError(str(err)) from err
-            out = args.out or Path("vifit-results")
+            out_raw = args.out if args.out is not None else "vifit-results"
         if args.samples < 10:
             raise UserError(f"--samples must be at least 10, got {args.samples}")
+        out = _check_out(out_raw, _inputs(args, job))
         return _run(
             job,
             out,
@@ -393,12 +795,23 @@ def main(argv: list[str] | None = None) -> int:
             nuts_check=args.nuts,
             open_report=args.open,
         )
+    except WriteFailed as err:
+        return _write_failed(err, debug)
     except UserError as err:
         print(f"vifit: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vifit: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("vifit: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
+    except OSError as err:
+        if debug:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"vifit: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
     except Exception as err:  # noqa: BLE001 - the last line of defence of a command-line tool
         if debug:
             raise

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference import cli
+from inference.outputs import cli
 from vi_models import kinetics
 
 
@@ -155,20 +155,30 @@ def test_user_errors_exit_2_with_a_sentence(args, message, bench_data, tmp_path,
     assert not (tmp_path / "out").exists()
 
 
-def test_a_crash_while_writing_leaves_no_folder(tmp_path, bench_data, monkeypatch, capsys):
-    from inference import plots
+@pytest.mark.parametrize(
+    "error, code, message",
+    [(RuntimeError("disk on fire"), 1, "internal error"), (PermissionError(13, "Permission denied"), 2, "vifit: error:")],
+)
+def test_a_failure_while_writing_leaves_no_folder_and_keeps_the_posterior(
+    tmp_path, bench_data, monkeypatch, capsys, error, code, message
+):
+    from inference.outputs import plots
 
     def broken(*args, **kwargs):
-        raise RuntimeError("disk on fire")
+        raise error
 
     monkeypatch.setattr(plots, "plot_elbo", broken)
     out = tmp_path / "results"
     args = ["fit", str(bench_data / "a_decay.csv"), "--mechanism", "A -> B : k", "--initial", "A=1"]
-    code = cli.main(args + ["--out", str(out), "--no-progress", "--samples", "100", "--max-steps", "1000", "--guide", "normal"])
-    assert code == 1
-    assert "internal error" in capsys.readouterr().err
+    args += ["--out", str(out), "--no-progress", "--samples", "100", "--max-steps", "300"]
+    assert cli.main(args + ["--guide", "multivariate_normal"]) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
     assert not out.exists()
-    assert not any(p.name.startswith(".results.tmp") for p in tmp_path.iterdir())
+    assert not any(p.name.startswith(".results.") for p in tmp_path.iterdir())
+    (rescue,) = [p for p in tmp_path.iterdir() if p.name.startswith("results.vifit-rescue-")]
+    assert repr(str(rescue)) in err
+    assert (rescue / "posterior.nc").is_file()
 
 
 def test_mechanisms_lists_builtins(capsys):
@@ -226,7 +236,7 @@ def test_report_with_a_reference_of_other_parameters_exits_2(demo_run, tmp_path,
 
     _, out = demo_run
     ref = tmp_path / "other.nc"
-    az.from_dict(posterior={"zzz": np.zeros((1, 10))}).to_netcdf(str(ref))
+    az.from_dict({"posterior": {"zzz": np.zeros((1, 10))}}).to_netcdf(str(ref))
     code = cli.main(["report", str(out / "posterior.nc"), "--out", str(tmp_path / "r.html"), "--reference", str(ref)])
     assert code == 2
     err = capsys.readouterr().err

@@ -56,7 +56,7 @@ def fit(
     objective: str | Any = "elbo",
     num_particles: int | None = None,
     optimizer=None,
-    lr: float | Callable[[Any], Any] = 0.01,
+    lr: float | Callable[[Any], Any] | None = None,
     clip_norm: float | None = None,
     seed: int = 0,
     restarts: int = 1,
@@ -71,6 +71,7 @@ def fit(
     init_params: dict | None = None,
     guide_options: dict | None = None,
     progress: bool = True,
+    draws: str = "auto",
     method: str = "svi",
     settings: FitSettings | None = None,
     **kwargs: Any,
@@ -96,8 +97,8 @@ def fit(
         32 points among the restarts; NumPyro's SVI uses 8.
     optimizer : optax.GradientTransformation, optional
         Defaults to ``optax.adam(lr)`` (after gradient clipping when ``clip_norm`` is given).
-    lr : float or optax schedule
-        Learning rate of the default optimizer.
+    lr : float or optax schedule, optional
+        Learning rate of the default optimizer (Adam; 0.01 when not given).
     clip_norm : float, optional
         Clip the gradient to this global norm before the default optimizer.
     seed : int
@@ -127,6 +128,12 @@ def fit(
         of ``"auto"`` (see :func:`inference.engine.auto.fit_auto`).
     progress : bool
         Show a progress bar with the current ELBO.
+    draws : str
+        How the flat engine estimates the ELBO: ``"fixed"`` (one moment-matched set of draws for
+        the whole fit, a deterministic objective maximized by L-BFGS: DADVI, Giordano et al.
+        2024), ``"fresh"`` (new draws every step, Adam, the noise-aware stopping rule), or
+        ``"auto"`` (fixed for the Gaussian families unless an optimizer or ``lr`` is given,
+        fresh for flows).
     method : str
         ``"svi"`` (default) or ``"nuts"`` (:func:`inference.nuts` on the same model).
     settings : FitSettings, optional
@@ -177,6 +184,7 @@ def fit(
             init_params=init_params,
             guide_options=dict(guide_options or {}),
             progress=progress,
+            draws=draws,
         )
     elif not isinstance(settings, FitSettings):
         raise TypeError(f"settings must be an inference.FitSettings, got {type(settings).__name__}")
@@ -217,7 +225,7 @@ def flat_guide(settings: FitSettings) -> str | None:
 def fixed_draws(settings: FitSettings, name: str) -> bool:
     """Whether family ``name`` is fitted on fixed draws (DADVI) under ``settings.draws``."""
     if settings.draws == "auto":
-        return name != "iaf" and settings.optimizer is None and not callable(settings.lr)
+        return name != "iaf" and settings.optimizer is None and settings.lr is None
     return settings.draws == "fixed"
 
 
@@ -366,19 +374,43 @@ def _init_params(family, locs: np.ndarray, trils: np.ndarray, seed: int):
 
 
 def _explain_nonfinite(posterior: FlatPosterior, restart: int, seed: int) -> str:
-    """A sentence on where the log density was not finite, from guide draws at the end of the fit."""
-    u, _ = posterior.draw(restart, seed + 7, posterior.target.batch_size * 8)
-    log_p = posterior.target.log_density(u)
-    bad = np.flatnonzero(~np.isfinite(log_p))
+    """A sentence naming the site where the log density was not finite, from guide draws at the end of the fit."""
+    target = posterior.target
+    u, _ = posterior.draw_guide(restart, seed + 7, target.batch_size * 8)
+    bad = np.flatnonzero(~np.isfinite(target.log_density(u)))
     if not bad.size:
         return (
             "some steps had a non-finite log density or gradient during the fit (none at its end); "
             "a failed ODE solve or a draw outside a prior's support does this: check the priors, or lower lr"
         )
     point = u[bad[0]]
-    values = posterior.target.layout.unpack(point)
-    shown = ", ".join(f"{k}={float(np.ravel(v)[0]):.4g} (unconstrained)" for k, v in list(values.items())[:4])
+    site = _bad_site(target, point)
+    values = target.layout.unpack(point)
+    shown = ", ".join(f"{k}={float(np.ravel(v)[0]):.4g}" for k, v in list(values.items())[:4])
+    where = f"the site {site!r} has a non-finite log density" if site else "the log density is not finite"
     return (
-        f"the model's log density is not finite at {bad.size} of {u.shape[0]} guide draws, e.g. at {shown}; a failed "
-        "ODE solve (try a stiff solver or a higher max_steps) or a prior that gives the draw zero density does this"
+        f"{where} at {bad.size} of {u.shape[0]} guide draws, e.g. at {shown} (unconstrained); check its prior and "
+        "the model there (a failed ODE solve shows as 'ode_solve_failed': try a stiff solver or a higher max_steps)"
     )
+
+
+def _bad_site(target: Target, point: np.ndarray) -> str | None:
+    """The first sample site of the model whose log density is not finite at flat ``point`` (a failure path)."""
+    from numpyro import handlers
+    from numpyro.infer.util import constrain_fn
+
+    def site_sums(u):
+        values = constrain_fn(target.model, target.args, target.kwargs, target.layout.unpack(u))
+        trace = handlers.trace(handlers.substitute(handlers.seed(target.model, 0), data=values)).get_trace(
+            *target.args, **target.kwargs
+        )
+        return {n: jax.numpy.sum(s["fn"].log_prob(s["value"])) for n, s in trace.items() if s["type"] == "sample"}
+
+    try:
+        sums = jax.device_get(jax.jit(site_sums)(point))
+    except Exception:  # noqa: BLE001 - the explanation must never hide the fit
+        return None
+    for name, value in sums.items():
+        if not np.isfinite(value):
+            return name
+    return None

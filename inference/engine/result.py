@@ -214,8 +214,11 @@ class FitResult:
 
     @property
     def elbo(self) -> float:
-        """ELBO of the best restart averaged over its last 10% of steps (at least 50)."""
+        """ELBO of the best restart: its final value on fixed draws, else averaged over its last 10% of steps (at least 50)."""
         trace = self.losses[self.best_restart]
+        if self.settings.get("draws") == "fixed":
+            finite = trace[np.isfinite(trace)]
+            return float(-finite[-1]) if finite.size else float("nan")
         tail = trace[-max(50, trace.size // 10) :]
         tail = tail[np.isfinite(tail)]
         return float(-tail.mean()) if tail.size else float("nan")

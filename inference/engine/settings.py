@@ -66,14 +66,15 @@ class FitSettings:
     ``draws`` chooses how the flat engine estimates the ELBO: ``"fixed"`` (one set of draws
     fixed for the whole fit, a deterministic objective maximized by L-BFGS: DADVI),
     ``"fresh"`` (new draws every step, Adam: stochastic VI), or ``"auto"`` (fixed for the
-    Gaussian families, fresh for flows, which would fit the fixed draws themselves).
+    Gaussian families, fresh for flows, which would fit the fixed draws themselves, and fresh
+    whenever an optimizer or a learning rate is given). ``lr=None`` means 0.01.
     """
 
     guide: Any = "auto"
     objective: Any = "elbo"
     num_particles: int | None = None
     optimizer: Any = None
-    lr: Any = 0.01
+    lr: Any = None
     clip_norm: float | None = None
     seed: int = 0
     restarts: int = 1
@@ -113,10 +114,14 @@ class FitSettings:
         for name in ("min_steps", "max_steps"):
             if getattr(self, name) is not None:
                 positive_int(name, getattr(self, name))
+        if isinstance(self.objective, str):
+            from .objectives import make_objective
+
+            make_objective(self.objective, num_particles=1)
         if self.draws not in ("auto", "fixed", "fresh"):
             raise ValueError(f"draws must be 'auto', 'fixed' or 'fresh', got {self.draws!r}")
         if self.optimizer is None:
-            make_optimizer(self.lr, self.clip_norm)
+            make_optimizer(0.01 if self.lr is None else self.lr, self.clip_norm)
         self.rule  # noqa: B018 - validates min_steps <= max_steps
 
     @classmethod
@@ -148,7 +153,9 @@ class FitSettings:
 
     def make_optimizer(self):
         """The optax optimizer: the given one, or Adam(lr) after optional clipping."""
-        return self.optimizer if self.optimizer is not None else make_optimizer(self.lr, self.clip_norm)
+        if self.optimizer is not None:
+            return self.optimizer
+        return make_optimizer(0.01 if self.lr is None else self.lr, self.clip_norm)
 
     def as_dict(self) -> dict:
         """Plain data for ``fit.json``."""

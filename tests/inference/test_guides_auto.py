@@ -12,11 +12,17 @@ import numpyro.distributions as dist
 import optax
 import pytest
 
-from inference import fit
+from inference import FitSettings, fit, make_target
 from inference.engine.auto import check_modes, guide_ladder, latent_dimension
-from inference.engine.fit import make_optimizer, run_svi
 from inference.engine.guides import GUIDES, canonical_name, make_guide
-from inference.engine.laplace import find_map, layout_and_starts
+from inference.engine.settings import make_optimizer
+from inference.engine.svi import run_svi as _run_svi
+from inference.engine.vi import find_map
+
+
+def run_svi(model, *args, **options):
+    """One fit through NumPyro's SVI (the engine for guide objects and traced objectives)."""
+    return _run_svi(model, args, {}, FitSettings(**options))
 
 # -- a small regression with correlated intercept and slope ---------------------------------------
 X = jnp.linspace(2.0, 6.0, 12)  # far from 0: intercept and slope strongly correlated
@@ -130,15 +136,21 @@ def _exact_conjugate(y):
 def test_laplace_stage_is_exact_on_a_gaussian_posterior():
     y = jnp.array([0.8, 1.6, 1.1, 1.4])
     mean, cov = _exact_conjugate(y)
-    layout, starts = layout_and_starts(conjugate, (y,), num_starts=3, spread=1.0)
-    assert layout.names == ("mu", "tau") and layout.size == 2
-    found = find_map(conjugate, (y,), layout=layout, starts=starts)
+    target = make_target(conjugate, (y,), batch_size=8)
+    assert target.layout.names == ("mu", "tau") and target.dim == 2
+    found = find_map(target, target.starts(3, spread=1.0))
     for r in range(3):  # every start reaches the one optimum
         np.testing.assert_allclose(found.locs[r], mean, atol=1e-6)
     L = found.scale_trils[found.best]
     np.testing.assert_allclose(L @ L.T, cov, rtol=1e-5)  # central differences of an exact gradient
     assert check_modes(found.locs, found.potential, found.scale_trils, found.best).level == "reliable"
-    # The named guide "laplace" (NumPyro's, fitted by SVI) hands over the same Gaussian.
+    # The named guide "laplace" (the flat engine: the MAP and its Hessian) hands over the same Gaussian.
+    flat = fit(conjugate, y, guide="laplace", progress=False)
+    assert flat.guide_name == "laplace" and flat.num_steps == 0
+    np.testing.assert_allclose(flat.params["auto_loc"], mean, atol=1e-6)
+    tril = flat.params["auto_scale_tril"]
+    np.testing.assert_allclose(tril @ tril.T, cov, rtol=1e-5)
+    # NumPyro's Laplace guide fitted by SVI hands over the same Gaussian.
     result = run_svi(conjugate, y, guide="laplace", lr=0.05, min_steps=1000, max_steps=3000, progress=False, num_particles=1)
     assert result.guide_name == "laplace"
     tril = result.params["auto_scale_tril"]
@@ -147,7 +159,7 @@ def test_laplace_stage_is_exact_on_a_gaussian_posterior():
 
 
 def test_layout_matches_the_autoguides():
-    """The MAP stage's flat layout is the one AutoContinuous guides use (sites sorted by name)."""
+    """The target's flat layout is the one AutoContinuous guides use (sites sorted by name)."""
 
     def unsorted(y=None):
         zeta = numpyro.sample("zeta", dist.Normal(3.0, 1.0))
@@ -155,16 +167,16 @@ def test_layout_matches_the_autoguides():
         numpyro.sample("y", dist.Normal(zeta, alpha), obs=y)
 
     y = jnp.array([2.5, 3.5, 3.0])
-    layout, starts = layout_and_starts(unsorted, (y,), num_starts=2)
-    assert layout.names == ("alpha", "zeta")
-    found = find_map(unsorted, (y,), layout=layout, starts=starts)
+    target = make_target(unsorted, (y,), batch_size=4)
+    assert target.layout.names == ("alpha", "zeta") and target.layout.model_order == ("zeta", "alpha")
+    found = find_map(target, target.starts(2))
     start = {"auto_loc": found.locs[found.best], "auto_scale_tril": np.eye(2) * 1e-6}
     one = run_svi(unsorted, y, guide="multivariate_normal", init_params=start, lr=1e-12, min_steps=1, max_steps=1,
                   chunk_size=1, num_particles=1, progress=False)
-    values = layout.constrain(unsorted, found.locs[found.best], (y,))
+    values = target.constrain(found.locs[found.best][None])
     median = one.guide.median(jax.tree.map(jnp.asarray, one.params))
     for name in ("alpha", "zeta"):
-        np.testing.assert_allclose(median[name], values[name], rtol=1e-8)
+        np.testing.assert_allclose(median[name], values[name][0], rtol=1e-8)
 
 
 def test_check_modes_weighs_separate_optima_by_laplace_mass():
@@ -177,7 +189,7 @@ def test_check_modes_weighs_separate_optima_by_laplace_mass():
 
 
 def test_flow_guides_start_as_the_gaussian_they_are_given():
-    """The whitened IAF is the identity at initialization: z = loc + L eps, like the full-rank guide."""
+    """NumPyro's whitened IAF is the identity at initialization: z = loc + L eps, like the full-rank guide."""
     loc = np.array([1.0, 0.5, -1.0])
     tril = np.array([[0.3, 0.0, 0.0], [0.1, 0.2, 0.0], [0.0, -0.05, 0.1]])
     start = {"auto_loc": loc, "auto_scale_tril": tril}
@@ -259,7 +271,7 @@ def oscillator(t, y=None):
 
 
 def test_multistart_map_finds_the_mode_that_the_median_start_misses():
-    plain = run_svi(oscillator, T, SIGNAL, guide="multivariate_normal", progress=False, max_steps=1500)
+    plain = fit(oscillator, T, SIGNAL, guide="multivariate_normal", draws="fresh", progress=False, max_steps=1500)
     assert abs(float(np.median(plain.sample(500)["w"])) - W_TRUE) > 0.3  # a wrong local optimum
     result = fit(oscillator, T, SIGNAL, guide="auto", progress=False, guide_options={"map_starts": 8, "khat_draws": 4000})
     w = result.sample(2000)["w"]

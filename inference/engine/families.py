@@ -135,12 +135,13 @@ def _multivariate_normal(d: int) -> Family:
 # -- low rank -------------------------------------------------------------------------------------
 def _low_rank(d: int, rank: int) -> Family:
     def init(loc, scale_tril, key):
-        cov = np.asarray(scale_tril) @ np.asarray(scale_tril).T
-        w, v = np.linalg.eigh(cov)
-        top = np.argsort(w)[::-1][:rank]
-        W = v[:, top] * np.sqrt(np.maximum(w[top], 0.0)) * math.sqrt(0.5)
-        D = np.maximum(np.diag(cov) - np.sum(W**2, axis=1), 1e-2 * np.diag(cov))
-        return {"loc": jnp.asarray(loc), "W": jnp.asarray(W), "diag": _inv_softplus(jnp.sqrt(jnp.asarray(D)))}
+        # The top-r principal directions carry half their variance in W, the rest goes to D.
+        cov = scale_tril @ scale_tril.T
+        w, v = jnp.linalg.eigh(cov)
+        top = jnp.argsort(w)[::-1][:rank]
+        W = v[:, top] * jnp.sqrt(jnp.maximum(w[top], 0.0)) * math.sqrt(0.5)
+        D = jnp.maximum(jnp.diag(cov) - jnp.sum(W**2, axis=1), 1e-2 * jnp.diag(cov))
+        return {"loc": jnp.asarray(loc), "W": W, "diag": _inv_softplus(jnp.sqrt(D))}
 
     def cov_of(params):
         D = jax.nn.softplus(params["diag"]) ** 2
@@ -213,18 +214,19 @@ def _iaf(d: int, num_flows: int = 2, hidden_dims=None) -> Family:
         return x, logdet
 
     def sample(params, eps):
+        # Change of variables from the base noise: u = loc + L f(eps).
         x, logdet = flow(params, eps)
-        u, log_q = mvn.sample(params, x)
-        return u, log_q - logdet
+        L = _tril(params, d)
+        u = params["loc"] + x @ L.T
+        return u, _std_normal_logpdf(eps) - logdet - jnp.sum(jnp.log(jnp.diag(L)))
 
-    # sigmoid(2) is the gate at the start: rescale so that the flow starts at the identity.
     def moments(params):
         return mvn.moments(params)
 
     def init_identity(loc, scale_tril, key):
         params = init(loc, scale_tril, key)
-        # With zero last layers, x = g * eps + (1 - g) * 0 with g = sigmoid(2): undo the shrink.
-        g = 1.0 / (1.0 + math.exp(-2.0))
+        # With zero last layers each flow is x -> g x with g = sigmoid(2): undo the shrink.
+        g = (1.0 / (1.0 + math.exp(-2.0))) ** num_flows
         params["tril"] = params["tril"] / g
         params["diag"] = _inv_softplus(jax.nn.softplus(params["diag"]) / g)
         return params

@@ -302,6 +302,8 @@ def _find_layout(model, args, kwargs) -> Layout:
         names = _latent(trace)
         found["names"] = names
         found["discrete"] = [n for n in names if trace[n]["fn"].support.is_discrete]
+        if found["discrete"]:
+            return []
         found["constrained"] = [jnp.shape(trace[n]["value"]) for n in names]
         found["order"] = [n for n, s in trace.items() if s["type"] == "sample" and not s["is_observed"]]
         found["trace"] = {
@@ -322,7 +324,7 @@ def _find_layout(model, args, kwargs) -> Layout:
         return [biject_to(trace[n]["fn"].support).inv(trace[n]["value"]) for n in names]
 
     shapes = jax.eval_shape(run)
-    if found["discrete"]:
+    if found.get("discrete"):
         raise ValueError(
             f"the latent site {found['discrete'][0]!r} is discrete; the flat engine fits continuous latents only: "
             "pass a NumPyro guide object to fit(), or enumerate the site out in the model"

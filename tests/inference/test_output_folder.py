@@ -264,7 +264,7 @@ def test_replace_rules_on_folders_built_by_hand(tmp_path):
 def test_report_never_writes_over_its_input(fitted, tmp_path):
     out = copy_of(fitted, tmp_path)
     before = snapshot(out)
-    proc = vifit("report", "R/posterior.nc", "--out", "R/posterior.nc", "--force", cwd=tmp_path)
+    proc = vifit("report", "R/posterior.nc", "--out", "R/posterior.nc", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "never writes over its input" in proc.stderr and "Traceback" not in proc.stderr
     assert snapshot(out) == before
@@ -276,7 +276,7 @@ def test_report_never_writes_over_plots_vifit_did_not_write(fitted, tmp_path):
     other = tmp_path / "other"
     (other / "plots").mkdir(parents=True)
     (other / "plots" / "fit.png").write_bytes(b"my own figure")
-    proc = vifit("report", "R/posterior.nc", "--out", "other/r.html", "--force", cwd=tmp_path)
+    proc = vifit("report", "R/posterior.nc", "--out", "other/r.html", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "was not written by vifit" in proc.stderr and "Traceback" not in proc.stderr
     assert (other / "plots" / "fit.png").read_bytes() == b"my own figure"

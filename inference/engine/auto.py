@@ -39,6 +39,7 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 
 from ..checks.diagnostics import RELIABLE, UNRELIABLE, CARE, Check
+from .importance import importance_resampled
 from .result import FitResult
 from .schedules import check_schedules
 from .settings import FitSettings
@@ -205,54 +206,6 @@ def _gaussian_start(guide: str, loc: np.ndarray, scale_tril: np.ndarray) -> dict
     return None
 
 
-def with_psis_draws(result: FitResult, diagnosis):
-    """The result with its best restart's draws importance-resampled, and the verdict of those draws.
-
-    Pareto-smoothed importance sampling (Yao et al. 2018) of the verdict's guide draws corrects
-    the guide's means and sds wherever k-hat is at most 0.7; the draws of the result are then
-    resampled from them (:class:`inference.engine.posterior.FlatPosterior`). The PSIS check and
-    the curvature check are made again for the corrected draws. Returns ``(result, diagnosis)``.
-    """
-    from ..checks.diagnostics import Verdict, check_curvature_flat
-
-    u, log_q = diagnosis.flat
-    weights = diagnosis.psis
-    posterior = replace(result.posterior, importance=(result.best_restart, u, log_q, weights.log_weights))
-    target = posterior.target
-    labels = target.layout.labels()
-    resampled, _ = posterior.draw(result.best_restart, result.seed + 5, 4000)
-    moves = [f"{lab}: mean {m:+.2f} sd, sd x{r:.2f}" for lab, (m, r) in diagnosis.shift.items()]
-    psis_check = Check(
-        "psis",
-        RELIABLE,
-        f"the draws are the guide's draws importance-resampled (PSIS k-hat {weights.khat:.2f} from {u.shape[0]} draws, "
-        f"effective sample size {weights.ess:.0f}), which corrected the guide ({'; '.join(moves[:3])})",
-    )
-    checks = []
-    for check in diagnosis.verdict.checks:
-        if check.name == "psis":
-            checks.append(psis_check)
-        elif check.name == "curvature":
-            checks.append(check_curvature_flat(resampled, labels, target.hessian, result.guide_name))
-        else:
-            checks.append(check)
-    verdict = Verdict.from_checks(checks, khat=weights.khat, khat_draws=u.shape[0], ess=weights.ess)
-    corrected = replace(diagnosis, verdict=verdict)
-    new = replace(result, guide=posterior, posterior=posterior, _cache={})
-    new._cache[("diagnosis", u.shape[0], None)] = corrected
-    new._cache["last_diagnosis"] = corrected
-    return new, corrected
-
-
-def _psis_can_correct(diagnosis) -> bool:
-    """Whether importance resampling can stand in for the guide: k-hat at most 0.7, no other check unreliable."""
-    from ..checks.diagnostics import KHAT_OK
-
-    if diagnosis.flat is None or not diagnosis.psis.khat <= KHAT_OK or diagnosis.psis.ess < 400:
-        return False
-    return all(c.level != UNRELIABLE for c in diagnosis.verdict.checks if c.name not in ("psis", "curvature"))
-
-
 def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResult:
     """Fit ``model`` with the guide chosen and escalated automatically (see the module docstring).
 
@@ -372,12 +325,12 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
         last = i == len(ladder) - 1
         if verdict.level == RELIABLE and mean_move <= mean_tol and sd_move <= sd_tol:
             outcome = "accepted"
-        elif result.posterior is not None and _psis_can_correct(diagnosis):
-            result, diagnosis = with_psis_draws(result, diagnosis)
+        elif result.posterior is not None and (corrected := importance_resampled(result, diagnosis)) is not None:
+            result, diagnosis = corrected
             verdict = diagnosis.verdict
             key = (_LEVEL_RANK[verdict.level], diagnosis.elbo)
             if verdict.level == RELIABLE:
-                outcome = "accepted with PSIS-resampled draws"
+                outcome = f"accepted with importance-resampled draws ({result.posterior.importance_source})"
             elif last:
                 outcome = "last guide of the ladder"
             else:
@@ -409,7 +362,7 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
         )
     kept = chosen.guide_name
     if chosen.posterior is not None and chosen.posterior.importance is not None:
-        kept_label = f"{kept} (PSIS-resampled)"
+        kept_label = f"{kept} (importance-resampled: {chosen.posterior.importance_source})"
     else:
         kept_label = kept
     attempts = [
@@ -421,6 +374,8 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
     record = dict(chosen.settings, guide="auto", chosen_guide=kept_label, ladder=list(ladder), latent_dimension=d)
     record["attempts"] = [a.as_dict() for a in attempts]
     record["grad_evals"] = int(sum(a.grad_evals for a in attempts))
+    if target is not None:
+        record["density_evals"] = int(target.num_density_evals)
     if problem is not None:
         record["auto_note"] = f"{problem}, so guide='auto' used the mean-field guide"
     timings = chosen.timings._replace(total_s=time.perf_counter() - t0)

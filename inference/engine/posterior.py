@@ -71,12 +71,15 @@ class FlatPosterior:
         their Pareto-smoothed importance log weights (Yao et al. 2018). The draws of that restart
         are then importance-resampled from them (:meth:`draw`); :meth:`draw_guide` still gives
         the guide's own draws.
+    importance_source : str
+        Where the importance draws came from (``"the guide"``, or a Student-t proposal around it).
     """
 
     target: Target
     family: Family
     restart_params: Any
     importance: tuple | None = None
+    importance_source: str = ""
     _draw: dict = field(default_factory=dict, repr=False)
 
     @property

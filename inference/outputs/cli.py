@@ -512,11 +512,11 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _check_report_targets(out: Path, plot_names, inputs, *, force: bool) -> None:
+def _check_report_targets(out: Path, plot_names, inputs, *, force: bool, given: bool = True) -> None:
     """Refuse, with a sentence, any file ``vifit report`` must not write over."""
     folder = out.parent
     marker, _ = result_folder.read_marker(folder) if folder.is_dir() else (None, "")
-    where = f"--out {str(out)!r}"
+    where = f"--out {str(out)!r}" if given else repr(str(out))
     if out.name == result_folder.MARKER or (out.name == "plots" and plot_names):
         raise UserError(f"{where} is a name vifit uses in a result folder; give another file name, e.g. report.html")
     plots = folder / "plots"
@@ -594,7 +594,8 @@ def _report(source: Path, out_raw: str | None, reference: Path | None, *, force:
         best = int(tree["posterior"].attrs.get("best_restart", 0))
         jobs = _plot_jobs(tree, losses=tree["optimization"]["loss"].values, best=best, comparison=comparison)
     plot_names = [name for name, _ in jobs]
-    _check_report_targets(out, plot_names, inputs, force=force)
+    given = out_raw is not None
+    _check_report_targets(out, plot_names, inputs, force=force, given=given)
     _check_parent(out, f"--out {str(out)!r}")
     folder = Path(os.path.abspath(out)).parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -606,7 +607,7 @@ def _report(source: Path, out_raw: str | None, reference: Path | None, *, force:
                 _write_plots(jobs, tmp / "plots")
             with _plain_text():
                 write_report(tmp / "report.html", tree, comparison=comparison)
-            _check_report_targets(out, plot_names, inputs, force=force)  # again: time has passed
+            _check_report_targets(out, plot_names, inputs, force=force, given=given)  # again: time has passed
             written = {}
             if plot_names:
                 (folder / "plots").mkdir(exist_ok=True)

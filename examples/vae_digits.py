@@ -16,7 +16,7 @@ held-out ones worse). The script prints
 and writes to the output folder ``latent_scatter.png`` (posterior means of the held-out images,
 coloured by digit), ``interpolation.png`` (decoded images along straight lines in latent space
 between the encodings of two held-out images, one row per pair), ``loss.png`` and
-``latent_posterior.nc`` (the latent posterior of 10 held-out images as ArviZ InferenceData).
+``latent_posterior.nc`` (the latent posterior of 10 held-out images as an ArviZ DataTree).
 
 Reference: Kingma, D. P. and Welling, M. (2014). Auto-encoding variational Bayes. ICLR.
 

@@ -873,7 +873,7 @@ class VAEFit:
         return dataclasses.replace(self.result, model_args=args, model_kwargs={"batch_size": None}, _cache={})
 
     def to_arviz(self, data, points=None, condition=None, *, num_samples: int = 500, seed: int = 0):
-        """The latent posterior of chosen rows as :class:`arviz.InferenceData`.
+        """The latent posterior of chosen rows as an ArviZ :class:`xarray.DataTree`.
 
         Parameters
         ----------
@@ -886,17 +886,14 @@ class VAEFit:
 
         Returns
         -------
-        arviz.InferenceData
+        xarray.DataTree
             ``posterior``: ``z`` with dims ``(chain, draw, point, latent)``, one chain, ``point``
             labelled by row index; ``observed_data``: each modality ``(point, <name>_feature)``;
             with ``constant_data`` holding the encoder's ``z_loc`` and ``z_scale`` (``(point,
             latent)``) and, after a fit, ``optimization``: the loss trace ``(chain, step)``.
         """
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            import arviz as az
+        import arviz_base
+        import xarray as xr
 
         checked, c = self.vae.check_data(data, condition, where="to_arviz")
         n = next(iter(checked.values())).shape[0]
@@ -915,24 +912,18 @@ class VAEFit:
         if csub is not None:
             constant["condition"] = csub
             dims["condition"] = ["point", "condition_dim"]
-        idata = az.from_dict(
-            posterior={"z": enc.draws[None]},
-            observed_data=observed,
-            constant_data=constant,
+        idata = arviz_base.from_dict(
+            {"posterior": {"z": enc.draws[None]}, "observed_data": observed, "constant_data": constant},
             coords=coords,
             dims=dims,
         )
         if self.result is not None:
-            import xarray as xr
-
             losses = np.asarray(self.result.losses, dtype=float)
             ds = xr.Dataset(
                 {"loss": (("chain", "step"), losses)},
                 coords={"chain": np.arange(losses.shape[0]), "step": np.arange(1, losses.shape[1] + 1)},
             )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                idata.add_groups({"optimization": ds})
+            idata["optimization"] = xr.DataTree(ds)
         idata.posterior.attrs.update(
             {
                 "inference_library": "vifit",

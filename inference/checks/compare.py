@@ -16,12 +16,13 @@ sds (below 1: the fit is overconfident, as a mean-field guide is when parameters
 from __future__ import annotations
 
 import itertools
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..outputs.arviz_export import import_arviz, plate_dims
+from ..outputs.arviz_export import has_group, plate_dims
 
 __all__ = ["compare", "Comparison", "COLUMNS"]
 
@@ -43,8 +44,8 @@ class Comparison:
         What the reference is, e.g. ``"NUTS (4 chains x 1000 draws)"``.
     result_name : str
         What was compared, e.g. ``"vifit fit (multivariate_normal, 4000 draws)"``.
-    reference_idata : arviz.InferenceData or None
-        The reference as InferenceData (NUTS or InferenceData references), for ArviZ plots;
+    reference_idata : xarray.DataTree or None
+        The reference as an ArviZ DataTree (NUTS or DataTree references), for ArviZ plots;
         None for a fit used as reference.
     mean_tol, sd_tol : float
         The tolerances of ``mean_ok`` and ``sd_ok``.
@@ -133,9 +134,9 @@ def _index_labels(site: str, shape: tuple) -> list[str]:
 
 
 def _from_idata(idata, name: str | None = None) -> _Draws:
-    if not hasattr(idata, "posterior"):
-        raise ValueError("the InferenceData has no posterior group; pass one with posterior draws")
-    post = idata.posterior
+    if not has_group(idata, "posterior"):
+        raise ValueError("the DataTree has no posterior group; pass one with posterior draws")
+    post = idata["posterior"]
     draws, dims, coords = {}, {}, {}
     for var, da in post.data_vars.items():
         if da.dims[:2] != ("chain", "draw"):
@@ -148,7 +149,7 @@ def _from_idata(idata, name: str | None = None) -> _Draws:
                 coords[d] = list(np.asarray(da.coords[d].values))
     C, D = post.sizes.get("chain", 1), post.sizes.get("draw", 0)
     library = post.attrs.get("inference_library")
-    label = name or f"InferenceData ({library + ', ' if library else ''}{C} chains x {D} draws)"
+    label = name or f"DataTree ({library + ', ' if library else ''}{C} chains x {D} draws)"
     return _Draws(label, draws, dims, coords, idata)
 
 
@@ -164,16 +165,16 @@ def _side(obj, role: str, num_samples: int, seed: int | None) -> _Draws:
     from .nuts import NutsResult
     from ..engine.result import FitResult
 
-    az = import_arviz()
     if isinstance(obj, NutsResult):
         return _from_idata(obj.to_arviz(), f"NUTS ({obj.num_chains} chains x {obj.num_draws} draws)")
-    if isinstance(obj, az.InferenceData):
+    xr = sys.modules.get("xarray")  # a DataTree means xarray is imported; do not import it otherwise
+    if xr is not None and isinstance(obj, xr.DataTree):
         return _from_idata(obj)
     if isinstance(obj, FitResult):
         return _from_fit(obj, num_samples, seed)
     raise ValueError(
         f"{role} must be a FitResult (from inference.fit), a NutsResult (from inference.nuts) or an "
-        f"arviz.InferenceData, got {type(obj).__name__}"
+        f"ArviZ xarray.DataTree (e.g. arviz.from_netcdf('posterior.nc')), got {type(obj).__name__}"
     )
 
 
@@ -191,12 +192,12 @@ def compare(
 
     Parameters
     ----------
-    result : FitResult, NutsResult or arviz.InferenceData
+    result : FitResult, NutsResult or xarray.DataTree
         The posterior to check. A fit is represented by ``num_samples`` draws from its best
-        restart (``result.sample(num_samples, seed=seed)``); NUTS and InferenceData by all
+        restart (``result.sample(num_samples, seed=seed)``); NUTS and a DataTree by all
         their draws, chains pooled.
-    reference : NutsResult, arviz.InferenceData or FitResult
-        The posterior to check against, usually ``inference.nuts(model)``. InferenceData
+    reference : NutsResult, xarray.DataTree or FitResult
+        The posterior to check against, usually ``inference.nuts(model)``. DataTree
         chains are pooled (for a vifit export, ``chain`` is the restart).
     num_samples : int
         Draws taken from a FitResult (either side).

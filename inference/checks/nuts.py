@@ -24,10 +24,11 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+import numpyro
 from numpyro import handlers
 from numpyro.infer import MCMC, NUTS, init_to_median
 
-from ..outputs.arviz_export import import_arviz, observed_values, plate_dims
+from ..outputs.arviz_export import observed_values, plate_dims, summary_table
 
 __all__ = ["nuts", "NutsResult", "NutsTimings", "CHAIN_METHODS"]
 
@@ -179,18 +180,18 @@ class NutsResult:
         return {k: list(v) for k, v in self._cache["dims"].items()}
 
     def to_arviz(self, *, log_likelihood: bool = True):
-        """Return the draws as :class:`arviz.InferenceData`, made by :func:`arviz.from_numpyro`.
+        """Return the draws as an ArviZ :class:`xarray.DataTree`, made by :func:`arviz_base.from_numpyro`.
 
         Parameters
         ----------
         log_likelihood : bool
-            Add the ``log_likelihood`` group (pointwise, for :func:`arviz.loo`). It runs the
+            Add the ``log_likelihood`` group (pointwise, for :func:`arviz_stats.loo`). It runs the
             model once per draw, vectorized and compiled; for an ODE model that is one solve
             per draw, a few seconds. Switch it off when only the posterior is needed.
 
         Returns
         -------
-        arviz.InferenceData
+        xarray.DataTree
             Groups:
 
             ``posterior``
@@ -213,7 +214,7 @@ class NutsResult:
 
         Notes
         -----
-        ``arviz.from_numpyro`` is called with ``log_likelihood=False``: its own computation
+        ``arviz_base.from_numpyro`` is called with ``log_likelihood=False``: its own computation
         would treat a ``numpyro.factor`` site (the kinetics model's ``ode_solve_failed``) as
         data and keep masked points as zeros. The group is computed here instead. Each call
         returns a new object.
@@ -221,26 +222,28 @@ class NutsResult:
         key = ("idata", bool(log_likelihood))
         if key not in self._cache:
             self._cache[key] = self._build_idata(bool(log_likelihood))
-        return self._cache[key].copy()
+        return self._cache[key].copy(deep=True)
 
     def _build_idata(self, with_log_likelihood: bool):
-        az = import_arviz()
+        import arviz_base
+        import xarray as xr
 
         observed, observed_dims = observed_values(self.model, self.model_args, self.model_kwargs)
         dims = self.dims()
         dims.update(observed_dims)
         used = {d for ds in dims.values() for d in ds}
         coords = {k: list(v) for k, v in dict(getattr(self.model, "coords", {}) or {}).items() if k in used}
-        idata = az.from_numpyro(self.mcmc, coords=coords, dims=dims, log_likelihood=False)
-        groups = {g: idata[g] for g in idata.groups() if g not in ("observed_data", "log_likelihood")}
+        tree = arviz_base.from_numpyro(self.mcmc, coords=coords, dims=dims, log_likelihood=False)
+        groups = {
+            str(g): tree[g].to_dataset() for g in tree.children if g not in ("observed_data", "log_likelihood")
+        }
         if observed:
-            groups["observed_data"] = az.dict_to_dataset(
-                observed, coords=coords, dims=observed_dims, default_dims=[]
+            groups["observed_data"] = arviz_base.dict_to_dataset(
+                observed, coords=coords, dims=observed_dims, sample_dims=[], inference_library=numpyro
             )
         if with_log_likelihood and observed:
             groups["log_likelihood"] = self._log_likelihood(observed, observed_dims, coords)
-        idata = az.InferenceData(**groups)
-        idata.posterior.attrs.update(
+        groups["posterior"].attrs.update(
             {
                 "inference_library": "vifit-nuts",
                 "num_divergences": int(self.num_divergences),
@@ -249,13 +252,15 @@ class NutsResult:
                 **{k: v for k, v in self.settings.items() if isinstance(v, (int, float, str))},
             }
         )
-        return idata
+        order = ["posterior", "sample_stats", "log_likelihood", "observed_data"]
+        names = [g for g in order if g in groups] + [g for g in groups if g not in order]
+        return xr.DataTree.from_dict({g: groups[g] for g in names})
 
     def _log_likelihood(self, observed: dict, observed_dims: dict, coords: dict):
+        import arviz_base
         import xarray as xr
         from numpyro.infer import log_likelihood as numpyro_log_likelihood
 
-        az = import_arviz()
         flat = self.mcmc.get_samples(group_by_chain=False)
         model, args, kwargs = self.model, self.model_args, self.model_kwargs
         values = jax.jit(lambda s: numpyro_log_likelihood(model, s, *args, **kwargs))(flat)
@@ -274,7 +279,13 @@ class NutsResult:
                 full[name] = ll
             else:
                 pointwise[name] = (ll[:, :, measured], np.nonzero(measured))
-        ds = az.dict_to_dataset(full, coords=coords, dims={k: ll_dims[k] for k in full if k in ll_dims})
+        ds = arviz_base.dict_to_dataset(
+            full,
+            coords=coords,
+            dims={k: ll_dims[k] for k in full if k in ll_dims},
+            sample_dims=["chain", "draw"],
+            inference_library=numpyro,
+        )
         for name, (ll, index) in pointwise.items():
             point = f"{name}_point"
             extra = {f"{point}_{dim}": (point, idx) for dim, idx in zip(ll_dims[name], index)}
@@ -288,16 +299,14 @@ class NutsResult:
         Returns
         -------
         pandas.DataFrame
-            :func:`arviz.summary` of the chains: ``mean``, ``sd``, ``hdi_3%``, ``hdi_97%``,
-            ``mcse_mean``, ``mcse_sd``, ``ess_bulk``, ``ess_tail`` and ``r_hat`` per scalar
-            parameter. Trust the chains when every ``r_hat`` is below 1.01, the ESS is in the
+            :func:`arviz_stats.summary` of the chains, unrounded: ``mean``, ``sd``, ``hdi_3%``,
+            ``hdi_97%`` (the 94% HDI), ``ess_bulk``, ``ess_tail``, ``r_hat``, ``mcse_mean`` and
+            ``mcse_sd`` per scalar parameter. Trust the chains when every ``r_hat`` is below 1.01, the ESS is in the
             hundreds or more, and :attr:`num_divergences` is 0.
         """
-        az = import_arviz()
-
         if "summary" not in self._cache:
-            idata = self.to_arviz(log_likelihood=False)
-            self._cache["summary"] = az.summary(idata, var_names=list(self.latent_sites))
+            tree = self.to_arviz(log_likelihood=False)
+            self._cache["summary"] = summary_table(tree, var_names=list(self.latent_sites), kind="all")
         return self._cache["summary"].copy()
 
 

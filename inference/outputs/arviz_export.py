@@ -1,11 +1,15 @@
-"""Hand-off to ArviZ: a :class:`FitResult` as :class:`arviz.InferenceData`.
+"""Hand-off to ArviZ 1.x: a :class:`FitResult` as an :class:`xarray.DataTree`.
 
 The groups and attributes are documented in ``docs/arviz.md``: ``posterior`` (``chain`` = restart),
-``sample_stats`` (``log_p``, ``log_q``, ``lp``), ``prior``, ``prior_predictive``,
-``posterior_predictive``, ``observed_data``, ``log_likelihood`` (for :func:`arviz.loo`),
+``sample_stats`` (``log_p``, ``log_q``, ``lp``: the per-draw densities that
+:func:`arviz_stats.loo_approximate_posterior` and PSIS take), ``prior``, ``prior_predictive``,
+``posterior_predictive``, ``observed_data``, ``log_likelihood`` (for :func:`arviz_stats.loo`),
 ``constant_data``, ``predictions`` and ``predictions_constant_data`` (model-specific), and
-``optimization`` (the loss trace and the guide parameters of every restart). Axes that belong to
-a NumPyro plate are named after the plate.
+``optimization`` (the loss trace and the guide parameters of every restart). Group and variable
+names are those of :func:`arviz_base.from_numpyro_svi`; axes that belong to a NumPyro plate are
+named after the plate, as ArviZ's NumPyro converters name them. Where vifit differs: the sample
+dimensions are ``(chain, draw)`` with one chain per restart (``from_numpyro_svi`` has one
+``sample`` axis), so that R-hat across restarts and every ArviZ function that expects chains work.
 
 A model can add its own data through optional attributes (the kinetics models have them):
 
@@ -18,6 +22,9 @@ A model can add its own data through optional attributes (the kinetics models ha
     ``chain`` axis) and ``predictions_constant_data``.
 ``arviz_attrs()``
     Extra attributes (netCDF-safe scalars and strings) for the ``posterior`` group.
+
+Nothing here imports xarray or ArviZ at module level: ``import inference`` and the command line
+start without them, and :func:`to_arviz` imports xarray when it runs.
 """
 
 from __future__ import annotations
@@ -30,16 +37,84 @@ from numpyro.distributions.distribution import Unit
 
 from ..engine.sampling import draw_prior
 
-__all__ = ["to_arviz", "plate_dims", "observed_values", "import_arviz"]
+__all__ = ["to_arviz", "summary_table", "plate_dims", "observed_values", "has_group", "group_names", "GROUPS"]
+
+#: The groups :func:`to_arviz` writes, in order (``constant_data``, ``predictions`` and
+#: ``predictions_constant_data`` only for a model that provides them).
+GROUPS = (
+    "posterior",
+    "sample_stats",
+    "posterior_predictive",
+    "log_likelihood",
+    "prior",
+    "prior_predictive",
+    "observed_data",
+    "constant_data",
+    "predictions",
+    "predictions_constant_data",
+    "optimization",
+)
+
+
+def group_names(tree) -> list[str]:
+    """Names of the groups (child nodes) of an ArviZ :class:`xarray.DataTree`."""
+    return [str(name) for name in getattr(tree, "children", {})]
+
+
+def has_group(tree, name: str) -> bool:
+    """Whether the :class:`xarray.DataTree` ``tree`` has the group ``name``."""
+    return name in getattr(tree, "children", {})
+
+
+def summary_table(data, *, var_names=None, kind: str = "stats", hdi_prob: float = 0.94):
+    """:func:`arviz_stats.summary` at full precision, with the HDI columns named by their quantiles.
+
+    Parameters
+    ----------
+    data : xarray.DataTree, xarray.Dataset or dict of str to ndarray
+        A tree with a ``posterior`` group, a posterior Dataset (``chain``, ``draw``, ...), or draws
+        of one chain, ``{name: array (n, *shape)}``.
+    var_names : list of str, optional
+        Variables in the table; all by default.
+    kind : {"stats", "all"}
+        ``"stats"``: ``mean``, ``sd`` and the HDI; ``"all"`` adds ``ess_bulk``, ``ess_tail``,
+        ``r_hat``, ``mcse_mean`` and ``mcse_sd``.
+    hdi_prob : float
+        Mass of the highest-density interval.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per scalar element (``theta[0]``, ``A0[exp1]``), the numbers unrounded. The HDI
+        columns, ``hdi94_lb`` and ``hdi94_ub`` in arviz-stats, are named ``hdi_3%`` and ``hdi_97%``
+        (for ``hdi_prob=0.94``), the names vifit's tables, ``summary.csv`` and docs use.
+    """
+    import arviz_stats
+
+    if isinstance(data, dict):
+        import arviz_base
+
+        data = arviz_base.dict_to_dataset(
+            {k: np.asarray(v)[None] for k, v in data.items()}, sample_dims=["chain", "draw"]
+        )
+    table = arviz_stats.summary(
+        data, var_names=var_names, kind=kind, ci_kind="hdi", ci_prob=hdi_prob, round_to="none"
+    )
+    perc = int(hdi_prob * 100)
+    tail = (100 - hdi_prob * 100) / 2
+    lower, upper = f"{tail:g}", f"{100 - tail:g}"
+    table = table.rename(columns={f"hdi{perc}_lb": f"hdi_{lower}%", f"hdi{perc}_ub": f"hdi_{upper}%"})
+    table.columns.name = None
+    return table
 
 
 def import_arviz():
-    """Import ArviZ without its notice about a future refactor (vifit pins the 0.x API)."""
-    import warnings
+    """Return the ``arviz`` 1.x namespace (arviz-base, arviz-stats and arviz-plots together).
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        import arviz
+    Kept for callers that still ask for one module; vifit's own code imports ``arviz_base``,
+    ``arviz_stats`` or ``arviz_plots`` where it uses them.
+    """
+    import arviz
 
     return arviz
 
@@ -149,7 +224,11 @@ def _log_likelihood_dataset(loglik: dict, observed: dict, observed_dims: dict, c
 def _optimization_dataset(result):
     import xarray as xr
 
-    data = {"loss": (("chain", "step"), np.asarray(result.losses, dtype=float))}
+    loss_attrs = {
+        "long_name": f"loss of the {result.objective_name} objective (the negative ELBO for the ELBO objectives)",
+        "note": "NaN where a step was skipped for a non-finite loss or gradient",
+    }
+    data = {"loss": (("chain", "step"), np.asarray(result.losses, dtype=float), loss_attrs)}
     for name, tree in result.restart_params.items():
         # Network parameters of flow guides are nested; each leaf becomes a variable of its own.
         leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
@@ -158,7 +237,8 @@ def _optimization_dataset(result):
             value = np.asarray(value)
             data[label] = (["chain"] + [f"{label}_dim_{i}" for i in range(value.ndim - 1)], value)
     ds = xr.Dataset(data)
-    return ds.assign_coords(chain=np.arange(result.num_restarts), step=np.arange(1, result.num_steps + 1))
+    losses = np.asarray(result.losses)
+    return ds.assign_coords(chain=np.arange(losses.shape[0]), step=np.arange(1, losses.shape[1] + 1))
 
 
 def _stack(parts: list[dict]) -> dict:
@@ -166,7 +246,7 @@ def _stack(parts: list[dict]) -> dict:
 
 
 def to_arviz(result, num_samples: int = 1000, *, seed: int | None = None, verdict: bool = True):
-    """Convert a :class:`FitResult` into :class:`arviz.InferenceData` with every group.
+    """Convert a :class:`FitResult` into an ArviZ 1.x :class:`xarray.DataTree` with every group.
 
     Parameters
     ----------
@@ -180,18 +260,28 @@ def to_arviz(result, num_samples: int = 1000, *, seed: int | None = None, verdic
 
     Returns
     -------
-    arviz.InferenceData
+    xarray.DataTree
         Groups and attributes as documented in ``docs/arviz.md``; ``posterior`` has shape
-        ``(chain=R, draw=num_samples, ...)`` per site.
+        ``(chain=R, draw=num_samples, ...)`` per site, ``sample_stats.log_p`` and ``log_q`` shape
+        ``(chain=R, draw=num_samples)``, ``optimization.loss`` shape ``(chain=R, step)``. Every
+        function of arviz-stats and arviz-plots takes it, and ``to_netcdf`` writes it whole.
 
     Raises
     ------
     ValueError
         When the model subsamples its data (a minibatch fit): every group would mix minibatches
         (see :meth:`FitResult.require_full_data`).
+
+    Examples
+    --------
+    >>> import arviz_stats as azs
+    >>> tree = result.to_arviz(num_samples=1000)  # doctest: +SKIP
+    >>> azs.summary(tree, kind="stats", ci_kind="hdi", ci_prob=0.94)  # doctest: +SKIP
+    >>> azs.loo_approximate_posterior(tree, tree.sample_stats.log_p, tree.sample_stats.log_q)  # doctest: +SKIP
     """
+    import xarray as xr
+
     result.require_full_data("to_arviz")
-    az = import_arviz()
 
     n = int(num_samples)
     key = jax.random.PRNGKey(result.seed + 1 if seed is None else seed)
@@ -216,18 +306,22 @@ def to_arviz(result, num_samples: int = 1000, *, seed: int | None = None, verdic
     dims.update(observed_dims)
 
     lead = ("chain", "draw")
+    sample_stats = _dataset(
+        {
+            "log_p": np.stack([p.log_p for p in parts]),
+            "log_q": np.stack([p.log_q for p in parts]),
+            "lp": np.stack([p.log_p for p in parts]),
+        },
+        {},
+        {},
+        lead,
+    )
+    sample_stats["log_p"].attrs["long_name"] = "log p(x, z): model log joint density of the draw"
+    sample_stats["log_q"].attrs["long_name"] = "log q(z): guide log density of the draw"
+    sample_stats["lp"].attrs["long_name"] = "log_p under ArviZ's usual name"
     groups = {
         "posterior": _dataset(posterior, dims, coords, lead),
-        "sample_stats": _dataset(
-            {
-                "log_p": np.stack([p.log_p for p in parts]),
-                "log_q": np.stack([p.log_q for p in parts]),
-                "lp": np.stack([p.log_p for p in parts]),
-            },
-            {},
-            {},
-            lead,
-        ),
+        "sample_stats": sample_stats,
         "posterior_predictive": _dataset(_stack([p.predictive for p in parts]), dims, coords, lead),
         "log_likelihood": _log_likelihood_dataset(
             _stack([p.log_likelihood for p in parts]), observed, observed_dims, coords
@@ -254,12 +348,7 @@ def to_arviz(result, num_samples: int = 1000, *, seed: int | None = None, verdic
         groups["predictions_constant_data"] = _dataset(
             {k: v for k, (_, v) in pred_constant.items()}, {k: d for k, (d, _) in pred_constant.items()}, coords, ()
         )
-    idata = az.InferenceData(**groups)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "optimization" is not one of ArviZ's group names
-        idata.add_groups({"optimization": _optimization_dataset(result)})
+    groups["optimization"] = _optimization_dataset(result)
 
     attrs = {
         "inference_library": "vifit",
@@ -289,5 +378,25 @@ def to_arviz(result, num_samples: int = 1000, *, seed: int | None = None, verdic
         )
     if hasattr(model, "arviz_attrs"):
         attrs.update(model.arviz_attrs())
-    idata.posterior.attrs.update(attrs)
-    return idata
+    groups["posterior"].attrs.update(attrs)
+    stamp = _stamp()
+    for ds in groups.values():
+        for k, v in stamp.items():
+            ds.attrs.setdefault(k, v)
+    return xr.DataTree.from_dict({name: groups[name] for name in GROUPS if name in groups})
+
+
+def _stamp() -> dict[str, str]:
+    """Return the attributes ArviZ's converters put on every group: when and by what it was made."""
+    import datetime
+    from importlib import metadata
+
+    try:
+        version = metadata.version("vifit")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(),
+        "inference_library": "vifit",
+        "inference_library_version": version,
+    }

@@ -2,9 +2,16 @@
 
 Each function draws into a new figure (or the ``ax`` given) and returns the figure, so that a
 script can show it or save it. Nothing here opens a window: figures are drawn with the Agg backend
-unless an inline backend is already active. The functions that take an
-:class:`arviz.InferenceData` expect the layout of the ArviZ hand-off (``docs/arviz.md``):
-``chain`` is the restart, ``posterior.attrs["best_restart"]`` the best one.
+unless an inline backend is already active. The functions that take an ArviZ
+:class:`xarray.DataTree` expect the layout of the ArviZ hand-off (``docs/arviz.md``): ``chain`` is
+the restart, ``posterior.attrs["best_restart"]`` the best one.
+
+The densities (KDE) and the Pareto smoothing come from arviz-stats; the figures are drawn here with
+matplotlib because each shows something arviz-plots has no plot for (``docs/arviz.md`` says which
+and why): the ODE fit on its fine time grid, the loss trace of every restart, the importance weights
+of the guide against the model, one restart's marginals over a much wider prior, and a pair grid
+overlaid with a reference posterior. For the standard ArviZ plots, give ``FitResult.to_arviz()``
+to arviz-plots.
 """
 
 from __future__ import annotations
@@ -14,12 +21,15 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .arviz_export import has_group
+
 __all__ = [
     "plot_elbo",
     "plot_fit_band",
     "plot_fit_from_idata",
     "plot_marginals",
     "plot_pair",
+    "plot_restarts",
     "plot_psis",
     "plot_psis_weights",
     "plot_comparison",
@@ -49,17 +59,6 @@ def _pyplot():
     return plt
 
 
-def _arviz():
-    """Import ArviZ without its notice about a future refactor (vifit pins the 0.x API)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        import arviz
-
-    return arviz
-
-
 def _grid(plt, n: int, *, ncols: int, width: float, height: float):
     """Make a figure with ``n`` panels on a grid of ``ncols`` columns; hide the spare panels."""
     ncols = max(1, min(n, ncols))
@@ -84,7 +83,7 @@ class _Param(NamedTuple):
 
 
 def _has_group(idata, name: str) -> bool:
-    return name in idata.groups()
+    return has_group(idata, name)
 
 
 def _check_chain(ds, chain: int | None, what: str) -> int | None:
@@ -134,7 +133,7 @@ def _scalar_params(ds, var_names: Sequence[str] | None) -> list[_Param]:
 def _posterior_params(idata, var_names, chain):
     """The posterior group, the checked chain and its scalar parameters; sentences for what is missing."""
     if not _has_group(idata, "posterior"):
-        raise ValueError("this InferenceData has no posterior group: there is nothing to plot.")
+        raise ValueError("this DataTree has no posterior group: there is nothing to plot.")
     post = idata.posterior
     chain = _check_chain(post, chain, "posterior")
     params = _scalar_params(post, var_names)
@@ -189,11 +188,13 @@ def _union(*ranges) -> tuple[float, float] | None:
 
 
 def _kde(x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Return ArviZ's KDE of the finite values of ``x``, or None with fewer than two distinct values."""
+    """Return arviz-stats' KDE of the finite values of ``x``, or None with fewer than two distinct values."""
+    from arviz_stats.base import array_stats
+
     x = x[np.isfinite(x)]
     if x.size < 2 or np.ptp(x) == 0:
         return None
-    grid, pdf = _arviz().kde(x)
+    grid, pdf, _ = array_stats.kde(x)
     return np.asarray(grid), np.asarray(pdf)
 
 
@@ -401,7 +402,7 @@ def _observed_name(idata) -> str:
 
 
 def plot_fit_from_idata(idata, *, max_panels: int = 12, prob: float = 0.94):
-    """Plot the data with posterior bands (:func:`plot_fit_band`) from a kinetics InferenceData.
+    """Plot the data with posterior bands (:func:`plot_fit_band`) from a kinetics result.
 
     Reads ``predictions.curve`` and ``predictions.predictive`` (``chain``, ``draw``,
     ``experiment``, ``fine_time``, ``species``), ``predictions_constant_data.fine_times``,
@@ -411,7 +412,7 @@ def plot_fit_from_idata(idata, *, max_panels: int = 12, prob: float = 0.94):
 
     Parameters
     ----------
-    idata : arviz.InferenceData
+    idata : xarray.DataTree
         A kinetics result, e.g. ``FitResult.to_arviz()`` or ``az.from_netcdf("posterior.nc")``.
     max_panels : int
         At most this many experiments get a panel (the first ones).
@@ -516,7 +517,7 @@ def plot_marginals(
 
     Parameters
     ----------
-    idata : arviz.InferenceData
+    idata : xarray.DataTree
     var_names : sequence of str, optional
         Variables to show; every posterior variable by default.
     max_panels : int
@@ -576,17 +577,17 @@ def plot_pair(
 
     A lower-triangular grid: each scalar parameter's KDE on the diagonal, the draws of each pair of
     parameters as a scatter below it (at most 1000 draws a set, evenly spaced). A reference
-    InferenceData's posterior is drawn in a second colour on the same axes; parameters it lacks are
+    DataTree's posterior is drawn in a second colour on the same axes; parameters it lacks are
     drawn without it. Elliptic clouds tilted along a diagonal show correlations, which a mean-field
     guide cannot represent.
 
     Parameters
     ----------
-    idata : arviz.InferenceData
+    idata : xarray.DataTree
     var_names : sequence of str, optional
         Variables to show; every posterior variable by default. Vector variables are expanded into
         their elements.
-    reference : arviz.InferenceData, optional
+    reference : xarray.DataTree, optional
         A second posterior of the same model (same variable names and coordinates), all chains.
     chain : int, optional
         Restart of ``idata`` to show; all restarts pooled by default.
@@ -606,7 +607,7 @@ def plot_pair(
     if reference is not None:
         if not _has_group(reference, "posterior"):
             raise ValueError(
-                "the reference InferenceData has no posterior group; pass one with posterior draws."
+                "the reference DataTree has no posterior group; pass one with posterior draws."
             )
         ref = reference.posterior
     x = [_draws(post, p, chain) for p in shown]
@@ -676,6 +677,69 @@ def plot_pair(
     return fig
 
 
+def plot_restarts(idata, var_names: Sequence[str] | None = None, *, max_panels: int = 12):
+    """Plot each restart's marginal posterior of each scalar parameter, one colour per restart.
+
+    Drawn by arviz-plots (:func:`arviz_plots.plot_dist` with ``chain`` mapped to colour, the
+    matplotlib backend): in a vifit result ``chain`` is the restart, so curves that lie on top of
+    each other mean the restarts found the same optimum; a curve apart is a restart stuck
+    elsewhere (the verdict's restart check and its R-hat across restarts say the same in numbers).
+
+    Parameters
+    ----------
+    idata : xarray.DataTree
+        A result with a ``posterior`` group.
+    var_names : sequence of str, optional
+        Variables to show; every posterior variable by default.
+    max_panels : int
+        At most this many panels (the first scalar parameters).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import xarray as xr
+
+    plt = _pyplot()  # the Agg backend before arviz-plots imports pyplot
+    import arviz_plots
+
+    post, _, params = _posterior_params(idata, var_names, None)
+    shown = params[: max(1, int(max_panels))]
+    # Keep the shown elements only: per variable, the positions used along each of its dims.
+    data = {}
+    for var in dict.fromkeys(p.var for p in shown):
+        used = [p.index for p in shown if p.var == var]
+        da = post[var]
+        for dim in [d for d in da.dims if d not in ("chain", "draw")]:
+            da = da.isel({dim: sorted({ix[dim] for ix in used})})
+        data[var] = da
+    ds = xr.Dataset(data)
+    facets = ["__variable__"] + [d for d in ds.dims if d not in ("chain", "draw")]
+    n = len(shown)
+    ncols = min(n, 4)
+    nrows = int(np.ceil(n / ncols))
+    pc = arviz_plots.plot_dist(
+        xr.DataTree.from_dict({"posterior": ds}),
+        sample_dims=["draw"],
+        backend="matplotlib",
+        visuals={"credible_interval": False, "point_estimate": False, "point_estimate_text": False},
+        aes={"color": ["chain"]},
+        cols=facets,
+        col_wrap=ncols,
+        figure_kwargs={"figsize": (3.2 * ncols, 2.7 * nrows + 0.5)},
+    )
+    fig = pc.get_viz("figure")
+    try:
+        pc.add_legend("chain", title="restart")
+        note = f" (first {n} of {len(params)} parameters)" if n < len(params) else ""
+        fig.suptitle(f"Marginal posterior of each restart{note}", fontsize="medium")
+        fig.tight_layout()
+    except Exception:
+        plt.close(fig)
+        raise
+    return fig
+
+
 # -- PSIS ---------------------------------------------------------------------------------------
 
 
@@ -692,8 +756,9 @@ def _khat_zone(khat: float) -> str:
 def plot_psis_weights(log_weights: np.ndarray, *, title: str = "PSIS diagnostic"):
     """Plot the Pareto-smoothed importance weights of the guide against the model, and k-hat.
 
-    The importance log weights ``log p(x, z) - log q(z)`` of draws ``z ~ q`` go through ArviZ's
-    PSIS (:func:`arviz.psislw`). Left: the normalized weights sorted from largest, raw (grey) and
+    The importance log weights ``log p(x, z) - log q(z)`` of draws ``z ~ q`` go through
+    arviz-stats' PSIS (``arviz_stats.base.array_stats.psislw``, given the negated log weights as
+    it expects). Left: the normalized weights sorted from largest, raw (grey) and
     smoothed (coloured), on log-log axes, against the level ``1/N`` of equal weights; a few draws
     far above it carry the estimate. Right: the Pareto shape estimate k-hat against the zones of
     Yao et al. (2018): below 0.5 good, 0.5-0.7 usable (importance weighting can correct the guide),
@@ -722,8 +787,9 @@ def plot_psis_weights(log_weights: np.ndarray, *, title: str = "PSIS diagnostic"
     variational inference. ICML. Vehtari, A. et al. (2024). Pareto smoothed importance sampling.
     JMLR 25(72).
     """
+    from arviz_stats.base import array_stats
+
     plt = _pyplot()
-    az = _arviz()
     lw = np.asarray(log_weights, dtype=float).reshape(-1)
     finite = np.isfinite(lw)
     n_bad = int((~finite).sum())
@@ -733,7 +799,10 @@ def plot_psis_weights(log_weights: np.ndarray, *, title: str = "PSIS diagnostic"
             "gives a finite density; check the model at the guide's draws (e.g. failed ODE solves)."
         )
     lw = np.where(finite, lw, lw[finite].min() - 50.0)
-    smoothed, khat = az.psislw(lw.copy())
+    try:
+        smoothed, khat = array_stats.psislw(-lw, r_eff=1.0)
+    except ValueError:  # equal values in the whole tail (e.g. all weights equal): no Pareto fit
+        smoothed, khat = lw - lw.max() - np.log(np.sum(np.exp(lw - lw.max()))), float("nan")
     khat = float(khat)
     w = np.exp(np.asarray(smoothed, dtype=float))
     w = w / w.sum()
@@ -797,7 +866,7 @@ def plot_psis(idata, *, chain: int | None = None):
 
     Parameters
     ----------
-    idata : arviz.InferenceData
+    idata : xarray.DataTree
         A vifit result with ``sample_stats`` ``log_p`` and ``log_q``.
     chain : int, optional
         Restart; ``posterior.attrs["best_restart"]`` when present, else 0.

@@ -1,10 +1,12 @@
 """One self-contained HTML page of a fit: verdict, model, data, posterior table and plots.
 
-:func:`build_report` reads nothing but an :class:`arviz.InferenceData` in the layout of the ArviZ
-hand-off (``docs/arviz.md``), so the same page comes from a fit in memory and from a saved
+:func:`build_report` reads nothing but an ArviZ :class:`xarray.DataTree` in the layout of the
+ArviZ hand-off (``docs/arviz.md``), so the same page comes from a fit in memory and from a saved
 ``posterior.nc``. Images are inline PNG ``data:`` URIs and the style sheet is inline: the page
 loads no file, font, script or network resource and can be mailed or archived as it is. Every
-section whose group is missing is replaced by a one-line note, so any InferenceData gives a page.
+section whose group is missing is replaced by a one-line note, so any ArviZ DataTree gives a page.
+The posterior table is :func:`arviz_stats.summary`; the figures are those of
+:mod:`inference.outputs.plots`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
+from .arviz_export import has_group, summary_table
 
 __all__ = ["build_report", "write_report"]
 
@@ -101,7 +104,7 @@ def _note(text: str) -> str:
 
 
 def _has(idata, group: str) -> bool:
-    return group in idata.groups()
+    return has_group(idata, group)
 
 
 def _section(section_id: str, heading: str, body: str) -> str:
@@ -267,10 +270,11 @@ def _posterior_table(idata, chain: int | None) -> str:
         return _section(
             "posterior", "Posterior", _note("No posterior table: this result has no posterior group.")
         )
-    az = plots._arviz()
-    post = idata.posterior if chain is None else idata.posterior.isel(chain=[chain])
+    post = idata["posterior"].to_dataset()
+    if chain is not None:
+        post = post.isel(chain=[chain])
     try:
-        summary = az.summary(post, kind="stats", hdi_prob=0.94, round_to="none")
+        summary = summary_table(post, kind="stats", hdi_prob=0.94)
     except Exception as err:  # e.g. a variable ArviZ cannot summarize
         return _section("posterior", "Posterior", _note(f"The posterior table could not be computed: {err}"))
     draws = post.sizes.get("chain", 1) * post.sizes.get("draw", 0)
@@ -313,6 +317,18 @@ def _plots(idata, chain: int | None, comparison) -> str:
     if not _has(idata, "posterior"):
         body.append(_note("No posterior plots: this result has no posterior group."))
     else:
+        restarts = idata["posterior"].sizes.get("chain", 1)
+        if chain is not None and restarts > 1:
+            body.append("<h3>Restarts</h3>")
+            body.append(
+                _plot(
+                    "plot-restarts",
+                    "restarts",
+                    lambda: plots.plot_restarts(idata),
+                    f"Marginal posterior of each of the {restarts} restarts, one colour each (arviz-plots "
+                    "plot_dist); curves on top of each other mean the restarts found the same optimum.",
+                )
+            )
         prior = " over the prior (grey)" if _has(idata, "prior") else " (this result has no prior group)"
         body.append("<h3>Marginal posteriors</h3>")
         body.append(
@@ -402,26 +418,27 @@ def build_report(idata, *, comparison=None, title: str | None = None) -> str:
 
     In order: the title; the verdict box (``verdict``, ``verdict_reason``, each check of
     ``verdict_checks`` with its level, message and advice, and ``khat``); the mechanism and the
-    fit settings; the data table; the posterior table (``az.summary``, ``kind="stats"``, 94% HDI)
-    of the best restart (``posterior.attrs["best_restart"]``; all chains pooled when the
-    InferenceData has no such attribute); the plots (fit to the data, ELBO trace, marginals over priors,
-    pair plot, PSIS diagnostic); and, with ``comparison``, its table and plot. A section whose
+    fit settings; the data table; the posterior table (:func:`arviz_stats.summary`, ``kind="stats"``,
+    94% HDI) of the best restart (``posterior.attrs["best_restart"]``; all chains pooled when the
+    DataTree has no such attribute); the plots (fit to the data, ELBO trace, the marginals of each
+    restart from arviz-plots when a vifit result has more than one, marginals over priors, pair
+    plot, PSIS diagnostic); and, with ``comparison``, its table and plot. A section whose
     group or attribute is missing becomes a one-line note; a plot that fails to draw becomes a note
     and a :class:`RuntimeWarning`.
 
-    Images are PNG ``data:`` URIs with ids ``plot-fit``, ``plot-elbo``, ``plot-marginals``,
-    ``plot-pair``, ``plot-psis`` and ``plot-comparison``; the verdict box has id ``verdict``.
-    Every text from the InferenceData is HTML-escaped.
+    Images are PNG ``data:`` URIs with ids ``plot-fit``, ``plot-elbo``, ``plot-restarts``,
+    ``plot-marginals``, ``plot-pair``, ``plot-psis`` and ``plot-comparison``; the verdict box has id ``verdict``.
+    Every text from the DataTree is HTML-escaped.
 
     Parameters
     ----------
-    idata : arviz.InferenceData
-        A vifit result (``FitResult.to_arviz()`` or ``az.from_netcdf("posterior.nc")``), or any
-        InferenceData.
+    idata : xarray.DataTree
+        A vifit result (``FitResult.to_arviz()`` or ``arviz.from_netcdf("posterior.nc")``), or any
+        ArviZ DataTree.
     comparison : object, optional
         A comparison with a reference posterior, with attributes ``table`` (a DataFrame indexed by
         parameter with columns ``mean, sd, ref_mean, ref_sd, smd, sd_ratio``), ``reference_name``,
-        ``reference_idata`` (an InferenceData whose posterior is overlaid on the pair plot, or
+        ``reference_idata`` (a DataTree whose posterior is overlaid on the pair plot, or
         None), ``mean_tol`` and ``sd_tol``, e.g. ``inference.checks.compare.Comparison``.
     title : str, optional
         Page title; ``posterior.attrs["title"]`` or ``"vifit report"`` by default.
@@ -433,7 +450,7 @@ def build_report(idata, *, comparison=None, title: str | None = None) -> str:
     """
     attrs = dict(idata.posterior.attrs) if _has(idata, "posterior") else {}
     title = title or attrs.get("title") or "vifit report"
-    # A vifit result shows its best restart; any other InferenceData (e.g. MCMC chains) all chains.
+    # A vifit result shows its best restart; any other DataTree (e.g. MCMC chains) all chains.
     chain = None
     if "best_restart" in attrs:
         chain = min(plots._best_restart(idata), idata.posterior.sizes.get("chain", 1) - 1)
@@ -469,7 +486,7 @@ def build_report(idata, *, comparison=None, title: str | None = None) -> str:
             f"<h1>{_e(title)}</h1>",
             f"<nav>{links}</nav>",
             *sections,
-            '<footer><p class="note">Made by vifit from an ArviZ InferenceData.</p></footer>',
+            '<footer><p class="note">Made by vifit from an ArviZ DataTree.</p></footer>',
             "</body>",
             "</html>",
             "",

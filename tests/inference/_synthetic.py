@@ -1,4 +1,4 @@
-"""A hand-built vifit InferenceData (no model fit), following docs/arviz.md, for plot and report tests.
+"""A hand-built vifit result (an ArviZ DataTree, no model fit), following docs/arviz.md, for plot and report tests.
 
 The test suite imports test modules by path (``--import-mode=importlib``), so a test file loads
 this helper by its path too::
@@ -9,7 +9,6 @@ this helper by its path too::
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 
@@ -26,14 +25,6 @@ CHECKS = [
 ]
 
 
-def _arviz():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        import arviz
-
-    return arviz
-
-
 def synthetic_idata(*, chains: int = 2, draws: int = 300, seed: int = 0, attrs: dict | None = None):
     """Build a first-order decay A -> B with two experiments, every group a vifit result has.
 
@@ -48,9 +39,11 @@ def synthetic_idata(*, chains: int = 2, draws: int = 300, seed: int = 0, attrs: 
 
     Returns
     -------
-    arviz.InferenceData
+    xarray.DataTree
     """
-    az = _arviz()
+    import arviz_base
+    import xarray as xr
+
     rng = np.random.default_rng(seed)
     E, T, S, F = len(EXPERIMENTS), 5, len(SPECIES), 30
 
@@ -84,31 +77,35 @@ def synthetic_idata(*, chains: int = 2, draws: int = 300, seed: int = 0, attrs: 
     loss[1] -= 1.0
     loss[0, 10] = np.nan
 
-    idata = az.from_dict(
-        posterior={"k": k, "L0": L0, "sigma": sigma},
-        sample_stats={"log_p": log_p, "log_q": log_q, "lp": log_p},
-        prior=prior,
-        observed_data={"obs": obs},
-        constant_data={"times": times},
-        predictions={"curve": curve, "predictive": predictive},
-        predictions_constant_data={"fine_times": fine_times},
-        coords={"experiment": EXPERIMENTS, "species": SPECIES},
+    coords = {"experiment": EXPERIMENTS, "species": SPECIES}
+    idata = arviz_base.from_dict(
+        {
+            "posterior": {"k": k, "L0": L0, "sigma": sigma},
+            "sample_stats": {"log_p": log_p, "log_q": log_q, "lp": log_p},
+            "prior": prior,
+            "observed_data": {"obs": obs},
+            "constant_data": {"times": times},
+            "predictions": {"curve": curve, "predictive": predictive},
+            "predictions_constant_data": {"fine_times": fine_times},
+        },
+        coords=coords,
         dims={
             "L0": ["experiment"],
             "obs": ["experiment", "time", "species"],
             "times": ["experiment", "time"],
+        },
+        pred_coords=coords,
+        pred_dims={
             "curve": ["experiment", "fine_time", "species"],
             "predictive": ["experiment", "fine_time", "species"],
             "fine_times": ["experiment", "fine_time"],
         },
     )
-    import xarray as xr
-
     optimization = xr.Dataset(
         {"loss": (("chain", "step"), loss)},
         coords={"chain": np.arange(chains), "step": np.arange(loss.shape[1])},
     )
-    idata.add_groups({"optimization": optimization}, warn_on_custom_groups=False)
+    idata["optimization"] = xr.DataTree(optimization)
     default_attrs = {
         "inference_library": "vifit",
         "guide": "multivariate_normal",
@@ -141,7 +138,10 @@ def synthetic_idata(*, chains: int = 2, draws: int = 300, seed: int = 0, attrs: 
 
 
 def posterior_only(*, seed: int = 0):
-    """Build an InferenceData with nothing but a posterior group and no attributes (a generic model)."""
-    az = _arviz()
+    """Build a DataTree with nothing but a posterior group and no vifit attributes (a generic model)."""
+    import arviz_base
+
     rng = np.random.default_rng(seed)
-    return az.from_dict(posterior={"mu": rng.standard_normal((2, 100)), "tau": rng.gamma(2.0, 1.0, (2, 100))})
+    return arviz_base.from_dict(
+        {"posterior": {"mu": rng.standard_normal((2, 100)), "tau": rng.gamma(2.0, 1.0, (2, 100))}}
+    )

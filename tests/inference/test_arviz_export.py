@@ -1,14 +1,16 @@
-"""The ArviZ hand-off: every group, named dimensions, a netCDF round trip, and ArviZ's own functions."""
+"""The ArviZ 1.x hand-off: every group, named dimensions, a netCDF round trip, and ArviZ's own functions."""
 
 import json
 import warnings
 
+import arviz
+import arviz_plots as azp
+import arviz_stats as azs
 import numpy as np
 import pytest
+import xarray as xr
 
-from inference.outputs.arviz_export import import_arviz
-
-az = import_arviz()
+from inference.outputs.arviz_export import group_names
 
 GROUPS = {
     "posterior",
@@ -31,8 +33,22 @@ def idata(fit_a_full_rank):
     return fit_a_full_rank.to_arviz(num_samples=DRAWS)
 
 
-def test_every_group_is_present(idata):
-    assert GROUPS <= set(idata.groups())
+def test_to_arviz_is_a_datatree_with_every_group(idata):
+    assert isinstance(idata, xr.DataTree)
+    assert set(group_names(idata)) == GROUPS
+    assert set(idata.children) == GROUPS
+    assert not idata.to_dataset().data_vars  # the root holds no data, only the groups do
+
+
+def test_sample_stats_log_p_and_log_q_per_draw(idata, fit_a_full_rank):
+    stats = idata.sample_stats
+    for name in ("log_p", "log_q", "lp"):
+        assert stats[name].dims == ("chain", "draw")
+        assert stats[name].shape == (fit_a_full_rank.num_restarts, DRAWS)
+        assert np.all(np.isfinite(stats[name].values))
+    # The ELBO trace: the optimization loss of every restart and step.
+    assert idata.optimization["loss"].shape == fit_a_full_rank.losses.shape
+    assert "negative ELBO" in idata.optimization["loss"].attrs["long_name"]
 
 
 def test_restarts_are_chains(idata, fit_a_full_rank):
@@ -93,17 +109,24 @@ def test_attributes_carry_the_fit_and_the_verdict(idata, fit_a_full_rank):
     np.testing.assert_allclose(idata.optimization["loss"].values, fit_a_full_rank.losses)
 
 
-def test_netcdf_round_trip_keeps_everything(idata, tmp_path):
+@pytest.mark.parametrize("reader", ["arviz.from_netcdf", "xarray.open_datatree"])
+def test_netcdf_round_trip_keeps_everything(idata, tmp_path, reader):
     path = tmp_path / "posterior.nc"
     idata.to_netcdf(str(path))
-    back = az.from_netcdf(str(path))
-    assert set(back.groups()) == set(idata.groups())
-    for group in idata.groups():
+    back = arviz.from_netcdf(str(path)) if reader == "arviz.from_netcdf" else xr.open_datatree(str(path))
+    assert isinstance(back, xr.DataTree)
+    assert set(back.children) == set(idata.children) == GROUPS
+    for group in GROUPS:
+        assert set(back[group].data_vars) == set(idata[group].data_vars), group
         for name, var in idata[group].data_vars.items():
             np.testing.assert_array_equal(back[group][name].values, var.values)
             assert back[group][name].dims == var.dims
+        for dim, coord in idata[group].coords.items():
+            np.testing.assert_array_equal(back[group][dim].values, coord.values)
+        assert set(back[group].attrs) == set(idata[group].attrs), group
     for key, value in idata.posterior.attrs.items():
         assert back.posterior.attrs[key] == value
+    xr.testing.assert_identical(back.load(), idata)
 
 
 def test_arviz_functions_work_without_warnings_about_groups(idata):
@@ -111,14 +134,16 @@ def test_arviz_functions_work_without_warnings_about_groups(idata):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        table = az.summary(idata, kind="stats")
-        az.plot_posterior(idata, var_names=["k"])
-        az.plot_pair(idata, var_names=["k", "sigma"])
-        az.plot_ppc(idata, num_pp_samples=20)
-        loo = az.loo(idata)
+        table = azs.summary(idata, kind="stats")
+        azp.plot_dist(idata, var_names=["k"], backend="matplotlib")
+        azp.plot_pair(idata, var_names=["k", "sigma"], backend="matplotlib")
+        azp.plot_ppc_dist(idata, num_samples=20, backend="matplotlib")
+        azp.plot_forest(idata, var_names=["k"], combined=False, backend="matplotlib")
+        loo = azs.loo(idata)
+        loo_q = azs.loo_approximate_posterior(idata, idata.sample_stats["log_p"], idata.sample_stats["log_q"])
     plt.close("all")
     assert set(table.index) == {"k", "sigma"}
-    assert np.isfinite(loo.elpd_loo)
+    assert np.isfinite(loo.elpd) and np.isfinite(loo_q.elpd)
     about_groups = [w for w in caught if "group" in str(w.message).lower()]
     assert not about_groups, [str(w.message) for w in about_groups]
 
@@ -142,3 +167,17 @@ def test_masked_points_are_left_out_of_the_log_likelihood():
     kept = list(zip(ll["obs_point_time"].values, ll["obs_point_species"].values))
     assert missing not in kept and len(kept) == 11
     assert "verdict" not in idata.posterior.attrs
+
+
+def test_importing_inference_and_the_cli_loads_no_output_package():
+    """ArviZ, xarray, pandas and matplotlib are imported by the outputs, after the fit, not at start-up."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, inference, inference.outputs.cli, inference.outputs.plots, inference.outputs.report; "
+        "print(','.join(m for m in ('arviz', 'arviz_base', 'arviz_stats', 'arviz_plots', 'xarray', 'pandas', "
+        "'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -8,7 +8,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
-from inference import diagnostics as dg
+from inference.checks import diagnostics as dg
 from inference.engine.stopping import StopReason
 
 N = 16000

@@ -1,18 +1,14 @@
 """Plots of a result: each returns one figure with the expected panels and finite content."""
 
-import warnings
-
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 
-from inference import plots
+from arviz_stats.base import array_stats
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az
+from inference.outputs import plots
 
 RED = matplotlib.colors.to_rgba(plots._WARN)
 
@@ -116,6 +112,24 @@ def test_marginals_without_prior(synthetic):
     assert len(axes) == 2 and all(len(ax.lines) == 1 for ax in axes)
 
 
+# -- restarts (arviz-plots) -----------------------------------------------------------------------
+
+
+def test_restarts_one_curve_per_restart_in_each_panel(idata):
+    fig = plots.plot_restarts(idata)
+    only_figure(fig)
+    axes = [ax for ax in visible_axes(fig) if ax.lines]
+    assert len(axes) == 4  # k, L0[exp0], L0[exp1], sigma
+    chains = idata.posterior.sizes["chain"]
+    for ax in axes:
+        assert len(ax.lines) == chains
+        assert len({line.get_color() for line in ax.lines}) == chains
+        assert all(np.isfinite(line.get_ydata()).all() for line in ax.lines)
+    fig = plots.plot_restarts(idata, var_names=["L0"], max_panels=1)
+    assert len([ax for ax in visible_axes(fig) if ax.lines]) == 1
+    assert "first 1 of 2" in fig.get_suptitle()
+
+
 # -- pairs --------------------------------------------------------------------------------------
 
 
@@ -149,12 +163,17 @@ def khat_marker(fig):
     return float(marker.get_xdata()[0])
 
 
-def test_psis_khat_is_arviz_psislw_of_the_best_restart(idata):
+def psis_khat(log_w) -> float:
+    """k-hat of arviz-stats' PSIS of the importance log weights ``log_w`` (it takes their negation)."""
+    return float(array_stats.psislw(-np.asarray(log_w, dtype=float), r_eff=1.0)[1])
+
+
+def test_psis_khat_is_arviz_stats_psislw_of_the_best_restart(idata):
     fig = plots.plot_psis(idata)
     only_figure(fig)
     assert len(visible_axes(fig)) == 2
     log_w = (idata.sample_stats["log_p"] - idata.sample_stats["log_q"]).isel(chain=1).values
-    _, khat = az.psislw(log_w.copy())
+    khat = psis_khat(log_w)
     assert khat_marker(fig) == pytest.approx(float(khat), abs=1e-12)
     assert f"k-hat = {float(khat):.2f}" in fig.axes[1].get_title()
     assert "restart 1" in fig.get_suptitle()
@@ -181,7 +200,7 @@ def test_psis_replaces_nonfinite_log_weights():
     fig = plots.plot_psis_weights(log_w)
     assert "3 of 500 draws with zero model density" in fig.get_suptitle()
     replaced = np.where(np.isfinite(log_w), log_w, np.nanmin(log_w[np.isfinite(log_w)]) - 50.0)
-    assert khat_marker(fig) == pytest.approx(float(az.psislw(replaced)[1]), abs=1e-12)
+    assert khat_marker(fig) == pytest.approx(psis_khat(replaced), abs=1e-12)
     with pytest.raises(ValueError, match="non-finite"):
         plots.plot_psis_weights(np.full(10, -np.inf))
 
@@ -248,7 +267,7 @@ def test_fit_from_idata_one_panel_per_experiment(idata):
 
 
 def test_fit_from_idata_without_units_or_predictions(idata, synthetic):
-    bare = idata.copy()
+    bare = idata.copy(deep=True)
     bare.posterior.attrs.pop("time_unit")
     fig = plots.plot_fit_from_idata(bare)
     assert fig.axes[0].get_xlabel() == "time"

@@ -151,6 +151,10 @@ def check_modes(locs: np.ndarray, losses: np.ndarray, scale_trils: np.ndarray, b
     above 4; that optimum's Laplace mass relative to the best is
     ``exp(L_b - L_r + log|S_r| - log|S_b|)``. A separate optimum with more than 1% of the best
     one's mass makes the posterior multimodal in a way one Gaussian or flow fit will not show.
+    Optima with the same density (to 1e-6 nats) are named as a symmetry of the model (e.g. two
+    rates that can swap, as in flip-flop kinetics), with the share of the mass of each. An
+    optimum whose Hessian is not negative definite (a saddle, or a boundary) has no Laplace mass;
+    it is named as such, never given a number.
 
     Parameters
     ----------
@@ -158,6 +162,7 @@ def check_modes(locs: np.ndarray, losses: np.ndarray, scale_trils: np.ndarray, b
     losses : ndarray, shape (R,)
         Final ``-log p(x, u)`` of each start.
     scale_trils : ndarray, shape (R, d, d)
+        NaN where the Hessian was not negative definite.
     best : int
     """
     R = locs.shape[0]
@@ -165,26 +170,66 @@ def check_modes(locs: np.ndarray, losses: np.ndarray, scale_trils: np.ndarray, b
         return Check("modes", RELIABLE, "one MAP start, so separate optima were not looked for")
     finite = np.isfinite(losses)
     L_b = scale_trils[best]
-    logdet = np.array([np.sum(np.log(np.abs(np.diag(s)))) for s in scale_trils])
+    if not np.all(np.isfinite(L_b)):
+        return Check(
+            "modes",
+            CARE,
+            "the best MAP optimum has no Laplace approximation (its Hessian is not negative definite: a ridge, a saddle "
+            "or a boundary), so separate optima could not be weighed",
+            "compare with inference.nuts (several chains)",
+        )
     dist = np.array([np.linalg.norm(np.linalg.solve(L_b, locs[r] - locs[best])) for r in range(R)])
     separate = [r for r in range(R) if finite[r] and r != best and dist[r] > 4]
     same = int(np.sum(finite & (dist <= 4)))
     if not separate:
         return Check("modes", RELIABLE, f"{same} of {R} MAP starts reached the same optimum")
-    log_mass = np.array([losses[best] - losses[r] + logdet[r] - logdet[best] for r in separate])
-    top = int(np.argmax(log_mass))
-    share = float(np.exp(min(log_mass[top], 50.0)))
-    where = f"{same} of {R} MAP starts reached the best optimum, {len(separate)} ended at separate optima"
-    if log_mass[top] > math.log(0.01):
+    # Distinct optima among the separate starts (starts within whitened distance 4 of each other are one).
+    distinct: list[int] = []
+    for r in sorted(separate, key=lambda r: losses[r]):
+        if all(np.linalg.norm(np.linalg.solve(L_b, locs[r] - locs[o])) > 4 for o in distinct):
+            distinct.append(r)
+    where = f"{same} of {R} MAP starts reached the best optimum, {len(separate)} ended at {len(distinct)} separate optima"
+    weighable = [r for r in distinct if np.all(np.isfinite(scale_trils[r]))]
+    unweighable = [r for r in distinct if r not in weighable]
+    logdet = {r: float(np.sum(np.log(np.abs(np.diag(scale_trils[r]))))) for r in weighable + [best]}
+    log_mass = {r: losses[best] - losses[r] + logdet[r] - logdet[best] for r in weighable}
+    symmetric = [r for r in weighable if abs(losses[r] - losses[best]) <= 1e-6 * (1 + abs(losses[best]))]
+    if symmetric:
+        masses = np.exp(np.array([0.0] + [log_mass[r] for r in symmetric]))
+        shares = masses / masses.sum()
         return Check(
             "modes",
             CARE,
-            f"{where}; the largest of those holds about {share:.0%} of the best one's Laplace mass, so the "
-            "posterior may have several modes and this fit describes one of them",
-            "compare with inference.nuts (several chains), or give priors that rule the other mode out",
+            f"{where}; {len(symmetric) + 1} optima have the same density (a symmetry of the model, such as two rates "
+            f"that can swap), with Laplace mass shares {', '.join(f'{s:.0%}' for s in shares)}; this fit describes "
+            "the first of them",
+            "if the symmetry is real, constrain the model (e.g. order the rates) or report every optimum; check with "
+            "inference.nuts (several chains)",
+        )
+    notes = ""
+    if unweighable:
+        notes = f"; {len(unweighable)} of them without a Laplace approximation (the Hessian is not negative definite)"
+    if weighable:
+        top = max(weighable, key=lambda r: log_mass[r])
+        share = float(np.exp(min(log_mass[top], 50.0)))
+        if log_mass[top] > math.log(0.01):
+            return Check(
+                "modes",
+                CARE,
+                f"{where}; the largest of those holds about {share:.0%} of the best one's Laplace mass{notes}, so the "
+                "posterior may have several modes and this fit describes one of them",
+                "compare with inference.nuts (several chains), or give priors that rule the other mode out",
+            )
+        return Check(
+            "modes",
+            RELIABLE,
+            f"{where}, each holding less than 1% of the best one's Laplace mass (largest {share:.1e}){notes}",
         )
     return Check(
-        "modes", RELIABLE, f"{where}, each holding less than 1% of the best one's Laplace mass (largest {share:.1e})"
+        "modes",
+        CARE,
+        f"{where}{notes}; their mass could not be weighed",
+        "compare with inference.nuts (several chains)",
     )
 
 

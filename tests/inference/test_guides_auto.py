@@ -279,3 +279,14 @@ def test_multistart_map_finds_the_mode_that_the_median_start_misses():
     assert result.elbo > plain.elbo + 10
     modes = next(c for c in result.verdict().checks if c.name == "modes")
     assert "separate optima" in modes.message  # other starts ended in the wrong basins
+
+
+def test_check_modes_names_symmetric_optima_and_never_prints_nan():
+    tril = np.stack([np.eye(2)] * 3)
+    locs = np.array([[0.0, 0.0], [10.0, 0.0], [0.1, 0.0]])
+    swap = check_modes(locs, np.array([5.0, 5.0, 5.0]), tril, 0)  # a mirror optimum of equal density
+    assert swap.level == "use with care" and "same density" in swap.message and "50%, 50%" in swap.message
+    saddle = tril.copy()
+    saddle[1] = np.nan  # the other optimum's Hessian was not negative definite
+    unknown = check_modes(locs, np.array([5.0, 7.0, 5.0]), saddle, 0)
+    assert "nan" not in unknown.message.lower() and "Hessian is not negative definite" in unknown.message

@@ -84,12 +84,14 @@ def importtime(python: str, statement: str, env: dict) -> tuple[float, list[tupl
 
 
 def wall(cmd: list[str], env: dict) -> float:
+    """Wall-clock seconds of one run of ``cmd``."""
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, capture_output=True, check=True)
     return time.perf_counter() - t0
 
 
 def main(argv=None) -> None:
+    """Run the three measurements and print them as Markdown."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--path", help="directory to put first on PYTHONPATH (another checkout)")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each measurement; the best is kept")

@@ -108,17 +108,6 @@ def summary_table(data, *, var_names=None, kind: str = "stats", hdi_prob: float 
     return table
 
 
-def import_arviz():
-    """Return the ``arviz`` 1.x namespace (arviz-base, arviz-stats and arviz-plots together).
-
-    Kept for callers that still ask for one module; vifit's own code imports ``arviz_base``,
-    ``arviz_stats`` or ``arviz_plots`` where it uses them.
-    """
-    import arviz
-
-    return arviz
-
-
 def plate_dims(trace: dict, names) -> dict[str, list[str]]:
     """Dimension names of each site from the plates it sits in (``{site: [dim, ...]}``).
 

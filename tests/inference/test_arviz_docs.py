@@ -10,7 +10,7 @@ PAGE = Path(__file__).resolve().parents[2] / "docs" / "arviz.md"
 
 
 def python_blocks(text: str) -> list[str]:
-    """The fenced ``python`` code blocks of a Markdown page, in order."""
+    """Return the fenced ``python`` code blocks of a Markdown page, in order."""
     return re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
 
 

@@ -5,7 +5,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-
 from arviz_stats.base import array_stats
 
 from inference.outputs import plots

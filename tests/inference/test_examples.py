@@ -16,6 +16,7 @@ def test_every_example_is_tested():
         "verdict",
         "gradient_estimators",
         "choosing_a_guide",
+        "engine_tour",
         # run by their own test files at small size:
         "mixture_gumbel_softmax",  # tests/vi_models/test_relaxed.py
         "reactor_decision",  # tests/inference/test_decisions.py
@@ -83,3 +84,14 @@ def test_choosing_a_guide_example_records_the_search(load_example):
     # auto's sds against NUTS's (0.0183, 0.118); the mean-field sds are about 5x too small.
     assert 0.8 < out["sd"]["auto"]["Vmax"] / 0.0183 < 1.2
     assert out["sd"]["normal"]["Vmax"] < 0.5 * out["sd"]["auto"]["Vmax"]
+
+
+def test_engine_tour_example_matches_the_closed_form(load_example):
+    out = load_example("engine_tour").main(small=True)
+    # A Gaussian posterior: the MAP and the Laplace covariance are exact to rounding.
+    assert out["map_error"] < 1e-8 and out["laplace_error"] < 1e-8
+    # DADVI on 16 moment-matched fixed draws is exact up to its stopping tolerance; with 16 plain
+    # Monte Carlo draws the error would be about a quarter of an sd, so 1% of an sd tells them apart.
+    sd = out["sd"].min()
+    assert out["dadvi_mean_error"] < 0.01 * sd and out["dadvi_cov_error"] < 0.01 * sd**2
+    assert out["grad_evals"] > 0 and out["grad_evals"] % 16 == 0  # whole batches of B = 16 points

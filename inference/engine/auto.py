@@ -1,31 +1,34 @@
 """``guide="auto"``: a robust start, the guide chosen by model size, escalation while the verdict is poor.
 
-What :func:`fit_auto` does, in order:
+Everything runs on the model's one compiled :class:`~inference.engine.target.Target` (models the
+flat engine cannot hold, such as minibatch plates or discrete latents, get one mean-field guide
+through NumPyro's SVI). What :func:`fit_auto` does, in order:
 
-1. **Robust start (MAP stage).** The Laplace guide is fitted from several starting points at
-   once (``map_starts``, vectorized): the first at the prior median, the others spread around
-   it (:class:`inference.engine.guides.SpreadInit`); where the model offers data-informed starting
+1. **Robust start (MAP stage).** Batched L-BFGS (:func:`inference.engine.vi.find_map`) from
+   ``map_starts`` points at once: the first at the prior median, the others spread around it
+   (:class:`inference.engine.guides.SpreadInit`); where the model offers data-informed starting
    values (a kinetics model's ``initial_values()``: initial concentrations read off the data),
-   every start is centred on those instead. The objective is the log joint density in the
-   unconstrained space, which is deterministic, so these fits are cheap (one particle). The
-   start with the highest log density wins; its Laplace approximation (MAP and inverse
-   Hessian) is where the variational fits begin, so they start in the right mode at the
-   right scale. Separate optima found by other starts are compared by their Laplace mass
-   (:func:`check_modes`), and the verdict says so when a second mode holds a noticeable share.
+   the starts are centred on those. The start with the highest log density wins; its Laplace
+   approximation (MAP and inverse Hessian by central differences of the exact gradient) is
+   where the variational fits begin. Separate optima found by other starts are weighed by their
+   Laplace mass (:func:`check_modes`).
 2. **The guide ladder.** By the number ``d`` of unconstrained latent dimensions:
    ``d <= 30``: ``multivariate_normal`` then ``iaf`` (a flow on top of the full-rank fit);
    ``30 < d <= 300``: ``low_rank`` then ``multivariate_normal``; larger: ``normal`` then
-   ``low_rank``. Each guide starts from the best Gaussian so far.
-3. **Escalation.** After each fit the verdict is computed (:mod:`inference.checks.diagnostics`). A
-   fit is accepted when the verdict is *reliable* and Pareto-smoothed importance weighting
-   moves no mean by more than ``0.05`` guide sds and no sd by more than 5% (the guide already
-   is as good as reweighting can tell). Otherwise the next guide is tried. The result is the
+   ``low_rank``. Gaussian families are fitted on fixed draws (DADVI), flows on fresh draws.
+3. **Verdict and importance resampling.** After each fit the verdict is computed
+   (:mod:`inference.checks.diagnostics`). A fit is accepted when the verdict is *reliable* and
+   Pareto-smoothed importance weighting moves no mean by more than ``mean_shift`` (0.1) guide
+   sds and no sd by more than ``sd_shift`` (10%). Otherwise, where importance weights of the
+   guide, or of a Student-t proposal around it, have k-hat at most 0.7
+   (:mod:`inference.engine.importance`), the reported draws are resampled from them and the
+   verdict is made again for those draws. Otherwise the next guide is tried. The result is the
    attempt with the best verdict level, ties broken by the ELBO (estimated from the verdict's
-   draws: a higher ELBO is a smaller KL divergence from the posterior, comparable across guide
-   families).
+   draws: a higher ELBO is a smaller KL divergence from the posterior).
 
-Every attempt is recorded (:class:`Attempt`, ``FitResult.attempts``) with its verdict and why
-the search moved on; ``FitResult.guide_name`` names the guide that produced the posterior.
+Every attempt is recorded (:class:`Attempt`, ``FitResult.attempts``) with its verdict, its
+gradient evaluations and why the search moved on; ``FitResult.guide_name`` names the guide
+that produced the posterior.
 """
 
 from __future__ import annotations
@@ -265,7 +268,7 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
         in order; default by model size, :func:`guide_ladder`), ``map_starts`` (MAP starting
         points, default 8; 0 skips the MAP stage), ``map_spread`` (how far they are spread,
         default 1.0), ``khat_draws`` (draws of each verdict, default 16000), ``mean_shift`` and
-        ``sd_shift`` (largest PSIS moves of an accepted fit, default 0.05 and 0.05). The other
+        ``sd_shift`` (largest PSIS moves of an accepted fit, default 0.1 and 0.1). The other
         settings apply to every variational attempt, except that without a stopping rule or step
         limits the attempts run 500 to 5000 steps (they start at the Laplace approximation).
 

@@ -370,6 +370,11 @@ class FitResult:
                 "misses posterior mass that reweighting cannot recover; fit a richer guide or run inference.nuts"
             )
         rng_seed = self.seed + 4 if seed is None else seed
+        if self.posterior is not None and diagnosis.flat is not None:
+            # The flat verdict's draws are unconstrained coordinates: resample them, then constrain.
+            u = psis_resample({"u": diagnosis.flat[0]}, diagnosis.psis.log_weights, num_samples, seed=rng_seed)["u"]
+            latent = self.posterior.target.constrain(u)
+            return {name: latent[name] for name in self.latent_sites}
         return psis_resample(diagnosis.draws, diagnosis.psis.log_weights, num_samples, seed=rng_seed)
 
     def summary(self, num_samples: int = 2000, *, seed: int | None = None, verdict: bool = True) -> Summary:

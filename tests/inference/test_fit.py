@@ -34,7 +34,7 @@ def test_converges_by_itself(conjugate_fit):
     assert r.settings["engine"] == "flat" and r.settings["draws"] == "fixed"
     assert r.stop_reason == StopReason.CONVERGED
     assert 1 <= r.num_steps < 200
-    assert r.losses.shape == (1, r.num_steps + 1)
+    assert r.losses.shape == (1, r.num_steps)
     assert np.all(np.isfinite(r.losses))
     assert r.nonfinite_steps.tolist() == [0]
 

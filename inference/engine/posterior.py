@@ -145,6 +145,16 @@ class FlatPosterior:
             log_q_c = log_q - pred.log_det_jacobian
         return ModelDraws(pred.latent, pred.log_joint, log_q_c, pred.log_likelihood, pred.predictive)
 
+    def prior_draws(self, seed: int, n: int) -> tuple[ModelDraws, dict]:
+        """``n`` prior draws through the target (prior and prior predictive), and the observed values.
+
+        Returns ``(ModelDraws, observed)``; ``log_q`` of the prior draws is zero.
+        """
+        u = self.target.prior_draws(int(n), seed=seed)
+        pred = self.target.predict(u, seed=seed + 1)
+        draws = ModelDraws(pred.latent, pred.log_joint, np.zeros(len(u)), pred.log_likelihood, pred.predictive)
+        return draws, pred.observed
+
     def sampler(self, restart_of_params: dict | None = None):
         """``sampler(params, key, n) -> ModelDraws`` for the ArviZ export (``params`` names a restart)."""
 

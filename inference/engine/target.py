@@ -105,6 +105,8 @@ class PredictiveDraws(NamedTuple):
         Pointwise log likelihood of each observed site, ``(n, *site_shape)``.
     predictive : dict of str to ndarray
         A posterior (or prior) predictive draw of each observed site, ``(n, *site_shape)``.
+    observed : dict of str to ndarray
+        The observed values of each observed site (masked entries NaN), ``(*site_shape)``.
     """
 
     latent: dict
@@ -112,6 +114,7 @@ class PredictiveDraws(NamedTuple):
     log_det_jacobian: np.ndarray
     log_likelihood: dict
     predictive: dict
+    observed: dict = {}
 
 
 def _is_factor(site) -> bool:
@@ -283,6 +286,7 @@ class Target:
             log_det_jacobian=np.concatenate([np.asarray(p[2]) for p in parts])[:n],
             log_likelihood=cat([p[3] for p in parts]),
             predictive=cat([p[4] for p in parts]),
+            observed={k: np.asarray(v)[0] for k, v in parts[0][5].items()} if parts else {},
         )
 
     def constrain(self, u: np.ndarray) -> dict:
@@ -419,6 +423,7 @@ def _prior_fn(model, args, kwargs, layout):
 
 def _predictive_program(model, args, kwargs, layout, batch_size):
     from numpyro import handlers
+    from numpyro.distributions import MaskedDistribution
     from numpyro.infer.util import constrain_fn, potential_energy
 
     def one(u, key):
@@ -426,7 +431,7 @@ def _predictive_program(model, args, kwargs, layout, batch_size):
         values = constrain_fn(model, args, kwargs, layout.unpack(u))
         trace = handlers.trace(handlers.substitute(handlers.seed(model, k_model), data=values)).get_trace(*args, **kwargs)
         log_joint = 0.0
-        latent, loglik, predictive = {}, {}, {}
+        latent, loglik, predictive, observed = {}, {}, {}, {}
         for name, site in trace.items():
             if site["type"] == "deterministic":
                 latent[name] = site["value"]
@@ -442,10 +447,15 @@ def _predictive_program(model, args, kwargs, layout, batch_size):
                 loglik[name] = log_prob
                 k_pred, k_site = jax.random.split(k_pred)
                 predictive[name] = site["fn"].sample(k_site)
+                value, fn = site["value"], site["fn"]
+                if isinstance(fn, MaskedDistribution) and not isinstance(fn._mask, bool):
+                    mask = jnp.reshape(fn._mask, jnp.shape(fn._mask) + (1,) * len(fn.event_shape))
+                    value = jnp.where(mask, value, jnp.nan)
+                observed[name] = jnp.broadcast_to(value, jnp.shape(site["value"]))
         log_density = -potential_energy(model, args, kwargs, layout.unpack(u))
         log_joint = jnp.where(jnp.isnan(log_joint), -jnp.inf, log_joint)
         log_det = jnp.where(jnp.isfinite(log_density) & jnp.isfinite(log_joint), log_density - log_joint, 0.0)
-        return latent, log_joint, log_det, loglik, predictive
+        return latent, log_joint, log_det, loglik, predictive, observed
 
     key_shape = jax.eval_shape(lambda: jax.random.split(jax.random.PRNGKey(0), batch_size))
     return _aot(jax.vmap(one), jax.ShapeDtypeStruct((batch_size, layout.size), jnp.float64), key_shape)

@@ -275,23 +275,36 @@ def to_arviz(result, num_samples: int = 1000, *, seed: int | None = None, verdic
     n = int(num_samples)
     key = jax.random.PRNGKey(result.seed + 1 if seed is None else seed)
     k_post, k_prior, k_pred = jax.random.split(key, 3)
-    sampler = result._posterior_sampler()
-    parts = [
-        sampler(jax.tree.map(lambda v: v[r], result.restart_params), jax.random.fold_in(k_post, r), n)
-        for r in range(result.num_restarts)
-    ]
+    flat = getattr(result, "posterior", None)
+    if flat is not None:
+        # The flat engine: draws from the guide family, everything else from the target's programs.
+        base = result.seed + 1 if seed is None else int(seed)
+        parts = [flat.model_draws(r, base + 1000 * r, n) for r in range(result.num_restarts)]
+    else:
+        sampler = result._posterior_sampler()
+        parts = [
+            sampler(jax.tree.map(lambda v: v[r], result.restart_params), jax.random.fold_in(k_post, r), n)
+            for r in range(result.num_restarts)
+        ]
     latent = _stack([p.latent for p in parts])
     names = [name for name in result.latent_sites if name in latent] + [
         name for name in latent if name not in result.latent_sites
     ]
     posterior = {name: latent[name] for name in names}
-    prior = draw_prior(result.model, k_prior, n, result.model_args, result.model_kwargs)
+    if flat is not None:
+        prior, observed_flat = flat.prior_draws(base + 500, n)
+    else:
+        prior = draw_prior(result.model, k_prior, n, result.model_args, result.model_kwargs)
 
     model = result.model
     coords = {k: list(v) for k, v in (getattr(model, "coords", {}) or {}).items()}
     trace = getattr(result.guide, "prototype_trace", None)
     dims = plate_dims(trace, [n_ for n_ in names if n_ in trace]) if trace is not None else {}
-    observed, observed_dims = observed_values(model, result.model_args, result.model_kwargs)
+    if flat is not None:
+        observed = observed_flat
+        observed_dims = plate_dims(flat.prototype_trace, list(observed))
+    else:
+        observed, observed_dims = observed_values(model, result.model_args, result.model_kwargs)
     dims.update(observed_dims)
 
     lead = ("chain", "draw")

@@ -145,6 +145,36 @@ class FlatPosterior:
             log_q_c = log_q - pred.log_det_jacobian
         return ModelDraws(pred.latent, pred.log_joint, log_q_c, pred.log_likelihood, pred.predictive)
 
+    def numpyro_guide(self, restart: int):
+        """The equal NumPyro autoguide and its parameters for one restart: ``(guide, params)``.
+
+        For tools written against NumPyro guides (the gradient-estimator report, decisions). The
+        Gaussian families are NumPyro's ``AutoDiagonalNormal``, ``AutoMultivariateNormal`` and
+        ``AutoLowRankMultivariateNormal`` over the same flat layout, with the same parameter names;
+        the flow has no NumPyro twin (a ValueError says so). Setting the guide up runs the model
+        once, outside the fit.
+        """
+        from numpyro.infer import autoguide
+
+        classes = {
+            "normal": autoguide.AutoDiagonalNormal,
+            "multivariate_normal": autoguide.AutoMultivariateNormal,
+            "low_rank": autoguide.AutoLowRankMultivariateNormal,
+        }
+        if self.family.name not in classes:
+            raise ValueError(
+                f"the {self.family.name!r} guide of the flat engine has no NumPyro autoguide twin; fit with "
+                "guide='multivariate_normal' for tools that need a NumPyro guide"
+            )
+        kwargs = {"rank": int(np.asarray(self.restart_params["W"]).shape[-1])} if self.family.name == "low_rank" else {}
+        guide = classes[self.family.name](self.target.model, **kwargs)
+        from numpyro import handlers
+
+        with handlers.seed(rng_seed=0):
+            guide._setup_prototype(*self.target.args, **self.target.kwargs)
+        params = {k: jnp.asarray(v[restart]) for k, v in public_params(self.family, self.restart_params).items()}
+        return guide, params
+
     def prior_draws(self, seed: int, n: int) -> tuple[ModelDraws, dict]:
         """``n`` prior draws through the target (prior and prior predictive), and the observed values.
 

@@ -246,6 +246,11 @@ def _fit_source(result: FitResult, value_draws: int, seed: int) -> _Source:
 
     guide = result.guide
     pool = result.sample(value_draws, seed=seed + 1)
+    flat = getattr(result, "posterior", None)
+    if flat is not None and flat.importance is None and flat.family.name != "iaf":
+        guide, params = flat.numpyro_guide(result.best_restart)
+        arrays, _ = _check_draws_dict(pool)
+        return _Source("guide", _GuideSampler(guide), params, arrays, jax.tree.map(lambda v: v[0], arrays))
     if isinstance(guide, AutoContinuous) and _static_supports(guide):
         params = jax.tree.map(lambda v: jnp.asarray(v[result.best_restart]), result.restart_params)
         arrays, _ = _check_draws_dict(pool)

@@ -312,6 +312,9 @@ def _resolve(model, guide, params, args, kwargs):
                 "pass either gradient_variance(result, num_samples=...) or "
                 "gradient_variance(model, guide, params, *args, **kwargs)"
             )
+        if getattr(result, "posterior", None) is not None:
+            guide, params = result.posterior.numpyro_guide(result.best_restart)
+            return result.model, guide, params, tuple(result.model_args), dict(result.model_kwargs)
         return result.model, result.guide, dict(result.params), tuple(result.model_args), dict(result.model_kwargs)
     if guide is None or params is None:
         raise ValueError(

@@ -284,7 +284,8 @@ def test_baseline_helps_little_far_from_the_optimum(fit_a_full_rank):
     # now varies from draw to draw (variance ~48 against ~0.07 at the optimum), which a constant
     # baseline cannot remove. Measured (seeds 0-2): baseline_ratio 12-27, score_ratio 60-180 for the locs.
     start = {"auto_loc": np.array([np.log(0.5), np.log(0.1 * 0.6745)]), "auto_scale_tril": 0.1 * np.eye(2)}
-    report = gradient_variance(fit_a_full_rank.model, fit_a_full_rank.guide, start, num_samples=200)
+    guide, _ = fit_a_full_rank.posterior.numpyro_guide(0)  # the NumPyro twin of the flat full-rank guide
+    report = gradient_variance(fit_a_full_rank.model, guide, start, num_samples=200)
     locs = report.table.loc[["auto_loc[0]", "auto_loc[1]"]]
     assert (locs.score_ratio > 10).all()
     assert (locs.baseline_ratio > 3).all()

@@ -94,8 +94,9 @@ def fit(
         ``"elbo"`` (default), or ``"meanfield_elbo"``, ``"renyi"``, ``"iwae"``
         (:mod:`inference.engine.objectives`, through NumPyro's SVI), or an ELBO object.
     num_particles : int, optional
-        Monte Carlo draws per restart and step. Default: the flat engine shares one batch of
-        32 points among the restarts; NumPyro's SVI uses 8.
+        Monte Carlo draws per restart and step (the fixed draws of DADVI). Default: 32 on the
+        flat engine, whose compiled batch holds ``restarts * num_particles`` points; 8 on
+        NumPyro's SVI.
     optimizer : optax.GradientTransformation, optional
         Defaults to ``optax.adam(lr)`` (after gradient clipping when ``clip_norm`` is given).
     lr : float or optax schedule, optional
@@ -254,7 +255,7 @@ def fixed_draws(settings: FitSettings, name: str) -> bool:
 
 
 def _particles(settings: FitSettings) -> int:
-    return settings.num_particles or max(1, settings.batch_size // settings.restarts)
+    return settings.num_particles or settings.batch_size
 
 
 def target_for(model, args, kwargs, settings: FitSettings) -> Target | None:

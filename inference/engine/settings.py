@@ -61,8 +61,8 @@ class FitSettings:
     """Every option of a fit (the keywords of :func:`inference.fit`, documented there).
 
     Build it with ``FitSettings(...)`` or :meth:`from_keywords`; it validates itself.
-    ``num_particles=None`` means: the flat engine uses one batch of the target
-    (``batch_size`` points, shared by the restarts), the NumPyro SVI path uses 8.
+    ``num_particles=None`` means: the flat engine uses ``batch_size`` (32) particles per restart
+    (its compiled batch holds ``restarts * num_particles`` points), the NumPyro SVI path uses 8.
     ``draws`` chooses how the flat engine estimates the ELBO: ``"fixed"`` (one set of draws
     fixed for the whole fit, a deterministic objective maximized by L-BFGS: DADVI),
     ``"fresh"`` (new draws every step, Adam: stochastic VI), or ``"auto"`` (fixed for the

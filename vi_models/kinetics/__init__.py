@@ -6,7 +6,10 @@
 (('A', 'B'), ('k',))
 """
 
+from .conditions import TEMPERATURE_LAWS, Conditions, Dose, read_csv
 from .dataset import DataError, Dataset, bundled_path
+from .experiments import ExperimentModel
+from .expressions import Expression, ExpressionError
 from .job import DEMO_CONFIG, ConfigError, KineticsJob
 from .mechanism import (
     BUILTIN_MECHANISMS,
@@ -51,6 +54,13 @@ __all__ = [
     "describe_prior",
     "PriorError",
     "DISTRIBUTIONS",
+    "ExperimentModel",
+    "Expression",
+    "ExpressionError",
+    "Conditions",
+    "Dose",
+    "read_csv",
+    "TEMPERATURE_LAWS",
     "KineticsJob",
     "ConfigError",
     "DEMO_CONFIG",

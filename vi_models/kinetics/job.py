@@ -22,6 +22,26 @@ name ``kinetics``). A configuration is a mapping, usually read from TOML::
     [fit]                              # optional; keyword arguments of inference.fit
     guide = "auto"                     # the default; or a guide name, e.g. "multivariate_normal"
     seed = 0
+
+Real experiments (see ``kinetics.model`` and docs/real-experiments.md) add::
+
+    conditions = ["T", "subject", "dose"]   # per-experiment columns of the data file
+    T_ref = 298.15                          # optional reference temperature of arrhenius (K)
+
+    [observables]                      # what a measured column is
+    A280 = "eps_A * A + eps_B * B + base"
+
+    [noise]                            # instead of noise = "...": one noise model (and sigma) per column
+    A280 = "normal"
+
+    [hierarchy]                        # parameters that vary by group, partially pooled
+    ke = "subject"
+    V = { group = "subject", covariates = ["weight"], centered = false }
+
+    [[doses]]                          # boluses: amount added to a species at a time
+    species = "Central"
+    amount = "dose"                    # a number or a condition column
+    time = 0
 """
 
 from __future__ import annotations
@@ -32,13 +52,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .conditions import read_csv
 from .dataset import Dataset, bundled_path
 from .mechanism import Mechanism, format_catalogue
 from .model import KineticsModel, Trajectories, model
 
 __all__ = ["ConfigError", "KineticsJob", "DEMO_CONFIG"]
 
-TOP_KEYS = ("data", "mechanism", "noise", "initial", "priors", "solver", "fit", "title", "time_unit", "concentration_unit")
+TOP_KEYS = (
+    "data",
+    "mechanism",
+    "noise",
+    "initial",
+    "priors",
+    "solver",
+    "fit",
+    "title",
+    "time_unit",
+    "concentration_unit",
+    "observables",
+    "conditions",
+    "hierarchy",
+    "doses",
+    "T_ref",
+    "temperature",
+)
 SOLVER_KEYS = ("solver", "stiff", "rtol", "atol", "max_steps", "gradient")
 FIT_KEYS = (
     "guide",
@@ -103,7 +141,7 @@ class KineticsJob:
         The configuration it was built from (paths resolved), for ``fit.json``.
     """
 
-    model: KineticsModel
+    model: KineticsModel  # or an ExperimentModel
     fit_options: dict = field(default_factory=dict)
     title: str = "kinetics fit"
     config: dict = field(default_factory=dict)
@@ -130,19 +168,62 @@ class KineticsJob:
         mechanism = config["mechanism"]
         if not isinstance(mechanism, str):
             raise ConfigError(f"mechanism must be text such as \"A -> B : k\", got {mechanism!r}")
-        dataset = Dataset.from_csv(
-            data_path,
-            time_unit=config.get("time_unit"),
-            concentration_unit=config.get("concentration_unit"),
-        )
-        built = model(
-            Mechanism.from_text_or_name(mechanism),
-            dataset,
-            priors=_section(config, "priors"),
-            noise=str(config.get("noise", "normal")),
-            initial=_section(config, "initial"),
-            solver=solver or None,
-        )
+        conditions = config.get("conditions", []) or []
+        if isinstance(conditions, str):
+            conditions = [conditions]
+        if not isinstance(conditions, list) or not all(isinstance(c, str) for c in conditions):
+            raise ConfigError(f'conditions must be a list of column names, e.g. conditions = ["T"], got {conditions!r}')
+        noise = config.get("noise", "normal")
+        noise = dict(noise) if isinstance(noise, Mapping) else str(noise)
+        doses = config.get("doses", []) or []
+        if isinstance(doses, Mapping):
+            doses = [doses]
+        if not isinstance(doses, list) or not all(isinstance(d, Mapping) for d in doses):
+            raise ConfigError("doses must be [[doses]] tables with species, amount and time")
+        for d in doses:
+            _check_keys(d, ("species", "amount", "time"), "[[doses]]")
+        hierarchy = _section(config, "hierarchy")
+        for name, entry in hierarchy.items():
+            if isinstance(entry, Mapping):
+                _check_keys(entry, ("group", "covariates", "centered"), f"[hierarchy] {name}")
+        observables = _section(config, "observables")
+        extended = conditions or doses or hierarchy or observables or isinstance(noise, Mapping)
+        uses_laws = "arrhenius" in mechanism or "eyring" in mechanism
+        if extended or uses_laws:
+            dataset, conds = read_csv(
+                data_path,
+                conditions,
+                time_unit=config.get("time_unit"),
+                concentration_unit=config.get("concentration_unit"),
+            )
+            built = model(
+                mechanism,
+                dataset,
+                priors=_section(config, "priors"),
+                noise=noise,
+                initial=_section(config, "initial"),
+                solver=solver or None,
+                observables=observables,
+                conditions=conds,
+                hierarchy=hierarchy,
+                doses=doses,
+                T_ref=config.get("T_ref"),
+                temperature=str(config.get("temperature", "T")),
+            )
+        else:
+            dataset = Dataset.from_csv(
+                data_path,
+                time_unit=config.get("time_unit"),
+                concentration_unit=config.get("concentration_unit"),
+            )
+            built = model(
+                Mechanism.from_text_or_name(mechanism),
+                dataset,
+                priors=_section(config, "priors"),
+                noise=str(noise),
+                initial=_section(config, "initial"),
+                solver=solver or None,
+            )
         resolved = dict(config)
         resolved["data"] = str(data_path)
         return cls(

@@ -631,6 +631,13 @@ class _LineParser:
         self.advance()
         if self.peek().kind == "lparen":
             law = tok.value
+            if law in ("arrhenius", "eyring"):
+                raise self.fail_at(
+                    tok,
+                    f"a known rate law ({', '.join(RATE_LAWS)})",
+                    f"'{law}' depends on the temperature of each experiment: give the mechanism "
+                    "as text to kinetics.model(...) with a 'T' condition column, which reads it",
+                )
             if law not in RATE_LAWS:
                 raise self.fail_at(tok, f"a known rate law ({', '.join(RATE_LAWS)})")
             self.advance()

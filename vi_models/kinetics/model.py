@@ -541,7 +541,13 @@ def model(
     noise: str = "normal",
     initial: Mapping[str, Any] | None = None,
     solver: SolverOptions | Mapping[str, Any] | str | None = None,
-) -> KineticsModel:
+    observables: Mapping[str, str] | None = None,
+    conditions: Any = None,
+    hierarchy: Mapping[str, Any] | None = None,
+    doses: Any = None,
+    T_ref: float | None = None,
+    temperature: str = "T",
+):
     """Build a NumPyro model of ``mechanism`` observed in ``dataset``.
 
     Parameters
@@ -564,11 +570,36 @@ def model(
         or in ``dataset.initial``.
     solver : SolverOptions, mapping, or str, optional
         ODE options; a string is a solver name (``"kvaerno5"`` for stiff systems).
+    observables : mapping of str to str, optional
+        What a measured column is, as an expression of species, parameters and numeric
+        conditions: ``{"A280": "eps_A * A + eps_B * B + base", "C": "Central / V"}``. A name
+        that is neither a species nor a condition is a parameter and needs a prior in
+        ``priors``. Columns not named here must be species (measured directly).
+    conditions : list of str, mapping or Conditions, optional
+        Per-experiment conditions: names of CSV columns (one value per experiment; with a
+        Dataset, names of its numeric columns), or ``{name: one value per experiment}``.
+        Numeric conditions can appear in observables, initial concentrations
+        (``initial={"A": "A0"}``), doses and, as ``T`` in kelvin, in the rate laws
+        ``arrhenius(k, Ea)`` and ``eyring(dH, dS)``.
+    hierarchy : mapping, optional
+        Parameters that vary by group, with partial pooling: ``{"k": "subject"}`` or
+        ``{"CL": {"group": "subject", "covariates": ["weight"], "centered": False}}``;
+        ``"experiment"`` groups by experiment. See :mod:`vi_models.kinetics.experiments`.
+    doses : sequence of Dose or mapping, optional
+        Boluses: ``[{"species": "Central", "amount": "dose", "time": 0}]``; amount and time
+        are numbers, condition names or one number per experiment.
+    T_ref : float, optional
+        Reference temperature of ``arrhenius`` (K); default the mean temperature of the data.
+    temperature : str
+        The condition that holds the temperature in kelvin (``"T"``).
 
     Returns
     -------
-    KineticsModel
-        A callable NumPyro model: ``fit(model)`` conditions on the data.
+    KineticsModel or ExperimentModel
+        A callable NumPyro model: ``fit(model)`` conditions on the data. With any of
+        ``observables``, ``conditions``, ``hierarchy``, ``doses``, a per-column ``noise``
+        mapping or a temperature law in the mechanism, an
+        :class:`~vi_models.kinetics.experiments.ExperimentModel`.
 
     Examples
     --------
@@ -578,6 +609,24 @@ def model(
     >>> m.latent_sites
     ('k', 'sigma')
     """
+    uses_laws = isinstance(mechanism, str) and ("arrhenius" in mechanism or "eyring" in mechanism)
+    if observables or conditions or hierarchy or doses or uses_laws or isinstance(noise, Mapping):
+        from .experiments import build
+
+        return build(
+            mechanism,
+            dataset,
+            priors=priors,
+            noise=noise,
+            initial=initial,
+            solver=solver,
+            observables=observables,
+            conditions=conditions,
+            hierarchy=hierarchy,
+            doses=doses,
+            T_ref=T_ref,
+            temperature=temperature,
+        )
     mech = mechanism if isinstance(mechanism, Mechanism) else Mechanism.from_text_or_name(mechanism)
     data = dataset if isinstance(dataset, Dataset) else Dataset.from_csv(dataset)
     data.check_species(mech.species)

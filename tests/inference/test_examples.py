@@ -17,6 +17,7 @@ def test_every_example_is_tested():
         "gradient_estimators",
         "choosing_a_guide",
         "engine_tour",
+        "real_experiments",
         # run by their own test files at small size:
         "mixture_gumbel_softmax",  # tests/vi_models/test_relaxed.py
         "reactor_decision",  # tests/inference/test_decisions.py
@@ -95,3 +96,18 @@ def test_engine_tour_example_matches_the_closed_form(load_example):
     sd = out["sd"].min()
     assert out["dadvi_mean_error"] < 0.01 * sd and out["dadvi_cov_error"] < 0.01 * sd**2
     assert out["grad_evals"] > 0 and out["grad_evals"] % 16 == 0  # whole batches of B = 16 points
+
+
+@pytest.mark.slow
+def test_real_experiments_example_recovers_the_truth(tmp_path, load_example):
+    out = load_example("real_experiments").main(small=True, out=tmp_path)
+    for study, name, truth in [
+        ("temperature", "k", 0.25),
+        ("temperature", "Ea", 55e3),
+        ("population", "ke_mu", -1.8971199848858813),  # log 0.15
+        ("population", "V_mu", 2.0794415416798357),  # log 8
+        ("absorbance", "base", 0.05),
+    ]:
+        mean, sd = out[study][name]
+        assert abs(mean - truth) < 3 * sd, (study, name, mean, sd)
+    assert out["figures"] == ["absorbance.png", "arrhenius.png", "shrinkage.png"]

@@ -155,9 +155,9 @@ def check_modes(locs: np.ndarray, losses: np.ndarray, scale_trils: np.ndarray, b
     ``exp(L_b - L_r + log|S_r| - log|S_b|)``. A separate optimum with more than 1% of the best
     one's mass makes the posterior multimodal in a way one Gaussian or flow fit will not show.
     Optima with the same density (to 1e-6 nats) are named as a symmetry of the model (e.g. two
-    rates that can swap, as in flip-flop kinetics), with the share of the mass of each. An
-    optimum whose Hessian is not negative definite (a saddle, or a boundary) has no Laplace mass;
-    it is named as such, never given a number.
+    rates that can swap, as in flip-flop kinetics), with the share of the mass of each. A start
+    that stopped where the Hessian is not negative definite (a saddle, a ridge or a boundary) did
+    not find an optimum: it is counted as such, never weighed and never given a number.
 
     Parameters
     ----------
@@ -182,21 +182,32 @@ def check_modes(locs: np.ndarray, losses: np.ndarray, scale_trils: np.ndarray, b
             "compare with inference.nuts (several chains)",
         )
     dist = np.array([np.linalg.norm(np.linalg.solve(L_b, locs[r] - locs[best])) for r in range(R)])
-    separate = [r for r in range(R) if finite[r] and r != best and dist[r] > 4]
+    far = [r for r in range(R) if finite[r] and r != best and dist[r] > 4]
+    # A start whose end point has no negative definite Hessian stopped at a saddle, a ridge or a
+    # boundary: not an optimum, so not a mode; it is counted, never weighed.
+    stuck = [r for r in far if not np.all(np.isfinite(scale_trils[r]))]
+    separate = [r for r in far if r not in stuck]
     same = int(np.sum(finite & (dist <= 4)))
+    not_optimum = (
+        f"; {len(stuck)} stopped where the Hessian is not negative definite (a saddle, a ridge or a boundary, "
+        "not an optimum)"
+        if stuck
+        else ""
+    )
     if not separate:
-        return Check("modes", RELIABLE, f"{same} of {R} MAP starts reached the same optimum")
+        return Check("modes", RELIABLE, f"{same} of {R} MAP starts reached the same optimum{not_optimum}")
     # Distinct optima among the separate starts (starts within whitened distance 4 of each other are one).
     distinct: list[int] = []
     for r in sorted(separate, key=lambda r: losses[r]):
         if all(np.linalg.norm(np.linalg.solve(L_b, locs[r] - locs[o])) > 4 for o in distinct):
             distinct.append(r)
-    where = f"{same} of {R} MAP starts reached the best optimum, {len(separate)} ended at {len(distinct)} separate optima"
-    weighable = [r for r in distinct if np.all(np.isfinite(scale_trils[r]))]
-    unweighable = [r for r in distinct if r not in weighable]
-    logdet = {r: float(np.sum(np.log(np.abs(np.diag(scale_trils[r]))))) for r in weighable + [best]}
-    log_mass = {r: losses[best] - losses[r] + logdet[r] - logdet[best] for r in weighable}
-    symmetric = [r for r in weighable if abs(losses[r] - losses[best]) <= 1e-6 * (1 + abs(losses[best]))]
+    where = (
+        f"{same} of {R} MAP starts reached the best optimum, {len(separate)} ended at {len(distinct)} separate "
+        f"optima{not_optimum}"
+    )
+    logdet = {r: float(np.sum(np.log(np.abs(np.diag(scale_trils[r]))))) for r in distinct + [best]}
+    log_mass = {r: losses[best] - losses[r] + logdet[r] - logdet[best] for r in distinct}
+    symmetric = [r for r in distinct if abs(losses[r] - losses[best]) <= 1e-6 * (1 + abs(losses[best]))]
     if symmetric:
         masses = np.exp(np.array([0.0] + [log_mass[r] for r in symmetric]))
         shares = masses / masses.sum()
@@ -209,30 +220,20 @@ def check_modes(locs: np.ndarray, losses: np.ndarray, scale_trils: np.ndarray, b
             "if the symmetry is real, constrain the model (e.g. order the rates) or report every optimum; check with "
             "inference.nuts (several chains)",
         )
-    notes = ""
-    if unweighable:
-        notes = f"; {len(unweighable)} of them without a Laplace approximation (the Hessian is not negative definite)"
-    if weighable:
-        top = max(weighable, key=lambda r: log_mass[r])
-        share = float(np.exp(min(log_mass[top], 50.0)))
-        if log_mass[top] > math.log(0.01):
-            return Check(
-                "modes",
-                CARE,
-                f"{where}; the largest of those holds about {share:.0%} of the best one's Laplace mass{notes}, so the "
-                "posterior may have several modes and this fit describes one of them",
-                "compare with inference.nuts (several chains), or give priors that rule the other mode out",
-            )
+    top = max(distinct, key=lambda r: log_mass[r])
+    share = float(np.exp(min(log_mass[top], 50.0)))
+    if log_mass[top] > math.log(0.01):
         return Check(
             "modes",
-            RELIABLE,
-            f"{where}, each holding less than 1% of the best one's Laplace mass (largest {share:.1e}){notes}",
+            CARE,
+            f"{where}; the largest of those holds about {share:.0%} of the best one's Laplace mass, so the "
+            "posterior may have several modes and this fit describes one of them",
+            "compare with inference.nuts (several chains), or give priors that rule the other mode out",
         )
     return Check(
         "modes",
-        CARE,
-        f"{where}{notes}; their mass could not be weighed",
-        "compare with inference.nuts (several chains)",
+        RELIABLE,
+        f"{where}, each holding less than 1% of the best one's Laplace mass (largest {share:.1e})",
     )
 
 
@@ -409,17 +410,15 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
             "guide='auto' could not fit any guide: " + "; ".join(f"{a.guide}: {a.outcome}" for a in attempts)
         )
     kept = chosen.guide_name
-    if chosen.posterior is not None and chosen.posterior.importance is not None:
-        kept_label = f"{kept} (importance-resampled: {chosen.posterior.importance_source})"
-    else:
-        kept_label = kept
     attempts = [
         replace(a, outcome=("chosen: " if a.guide == kept else "not chosen: ") + "the best verdict, then ELBO, of the attempts")
         if a.outcome == "last guide of the ladder"
         else a
         for a in attempts
     ]
-    record = dict(chosen.settings, guide="auto", chosen_guide=kept_label, ladder=list(ladder), latent_dimension=d)
+    record = dict(chosen.settings, guide="auto", chosen_guide=kept, ladder=list(ladder), latent_dimension=d)
+    if chosen.posterior is not None and chosen.posterior.importance is not None:
+        record["draws_from"] = f"importance-resampled from {chosen.posterior.importance_source}"
     record["attempts"] = [a.as_dict() for a in attempts]
     record["grad_evals"] = int(sum(a.grad_evals for a in attempts))
     if target is not None:

@@ -13,8 +13,8 @@ correct means, sds and quantiles wherever the estimated Pareto shape :math:`\hat
    bounded where the guide's did not,
 
 and returns the result whose draws are resampled from the first proposal with
-:math:`\hat k \le 0.7` and an effective sample size of at least 400, with its verdict made again
-for those draws. Every density evaluation is one call of the compiled target.
+:math:`\hat k \le 0.7` and an effective sample size of at least 400 and a quarter of the draws,
+with its verdict made again for those draws. Every density evaluation is one call of the compiled target.
 
 References
 ----------
@@ -32,10 +32,12 @@ from dataclasses import replace
 import numpy as np
 from scipy.special import gammaln
 
-__all__ = ["student_t_proposal", "importance_resampled", "MIN_ESS"]
+__all__ = ["student_t_proposal", "importance_resampled", "MIN_ESS", "MIN_ESS_FRACTION"]
 
-#: Smallest effective sample size of the weights for resampled draws to stand in for the guide.
-MIN_ESS = 400
+#: Smallest effective sample size of the weights for resampled draws to stand in for the guide,
+#: and the smallest fraction of the draws it must be (a proposal far from the posterior wastes
+#: most draws: a richer guide is the better answer then).
+MIN_ESS, MIN_ESS_FRACTION = 400, 0.25
 
 
 def student_t_proposal(loc: np.ndarray, scale_tril: np.ndarray, df: float, n: int, seed: int):
@@ -63,7 +65,8 @@ def student_t_proposal(loc: np.ndarray, scale_tril: np.ndarray, df: float, n: in
 def _acceptable(diagnosis) -> bool:
     from ..checks.diagnostics import KHAT_OK, UNRELIABLE
 
-    if not diagnosis.psis.khat <= KHAT_OK or diagnosis.psis.ess < MIN_ESS:
+    n = diagnosis.psis.log_weights.size
+    if not diagnosis.psis.khat <= KHAT_OK or diagnosis.psis.ess < max(MIN_ESS, MIN_ESS_FRACTION * n):
         return False
     return all(c.level != UNRELIABLE for c in diagnosis.verdict.checks if c.name not in ("psis", "curvature"))
 

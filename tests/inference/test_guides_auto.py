@@ -287,6 +287,7 @@ def test_check_modes_names_symmetric_optima_and_never_prints_nan():
     swap = check_modes(locs, np.array([5.0, 5.0, 5.0]), tril, 0)  # a mirror optimum of equal density
     assert swap.level == "use with care" and "same density" in swap.message and "50%, 50%" in swap.message
     saddle = tril.copy()
-    saddle[1] = np.nan  # the other optimum's Hessian was not negative definite
-    unknown = check_modes(locs, np.array([5.0, 7.0, 5.0]), saddle, 0)
-    assert "nan" not in unknown.message.lower() and "Hessian is not negative definite" in unknown.message
+    saddle[1] = np.nan  # the far start stopped where the Hessian is not negative definite
+    stuck = check_modes(locs, np.array([5.0, 7.0, 5.0]), saddle, 0)
+    assert "nan" not in stuck.message.lower() and "not an optimum" in stuck.message
+    assert stuck.level == "reliable" and "2 of 3 MAP starts reached the same optimum" in stuck.message

@@ -177,7 +177,7 @@ class ExperimentModel:
                     z = numpyro.sample(f"{p}_z", self.priors[f"{p}_z"])
                     u = eta + tau * z
             group_values = numpyro.deterministic(p, jnp.exp(u) if level.log else u)
-            values[p] = group_values[jnp.asarray(level.index)]
+            values[p] = jnp.asarray(group_values)[np.asarray(level.index)]
         return values
 
     def _initial_values_sampled(self) -> dict[str, Any]:

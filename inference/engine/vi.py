@@ -450,7 +450,7 @@ def laplace_factor(hess: np.ndarray) -> np.ndarray:
 
 # -- the deterministic objective (fixed draws) ---------------------------------------------------------
 def fixed_noise(m: int, k: int, seed: int) -> np.ndarray:
-    """``m`` standard normal draws in ``R^k`` with exactly zero mean and, where ``m > k``, identity covariance.
+    """``m`` standard normal draws in ``R^k`` with exactly zero mean and, where ``m > 2 k``, identity covariance.
 
     Antithetic pairs ``(e, -e)`` make the sample mean zero; whitening by the sample covariance
     makes the second moments exact. With such draws the fixed-draw ELBO of a Gaussian family is
@@ -460,7 +460,7 @@ def fixed_noise(m: int, k: int, seed: int) -> np.ndarray:
     half = np.random.default_rng(seed).standard_normal(((m + 1) // 2, k))
     eps = np.concatenate([half, -half])[:m]
     eps = eps - eps.mean(axis=0)
-    if m > k + 1:
+    if m // 2 > k:  # the antithetic pairs span the space: whiten
         cov = eps.T @ eps / m
         w, v = np.linalg.eigh(cov)
         eps = eps @ (v / np.sqrt(w)) @ v.T
@@ -482,8 +482,9 @@ def fit_family_fixed(
 ) -> FamilyFit:
     r"""Maximize the ELBO estimated on one fixed set of draws, with L-BFGS (DADVI).
 
-    With ``M = B`` draws :math:`\epsilon_1..\epsilon_M` fixed once (moment-matched,
-    :func:`fixed_noise`), the objective
+    With ``M`` draws :math:`\epsilon_1..\epsilon_M` fixed once (moment-matched,
+    :func:`fixed_noise`; ``M`` is the batch size ``B``, or more batches where the noise has more
+    than ``B / 2 - 1`` dimensions), the objective
 
     .. math::
 
@@ -492,7 +493,7 @@ def fit_family_fixed(
 
     is deterministic, so a quasi-Newton method with a line search converges in tens of iterations
     and needs no learning rate or noise-aware stopping rule (Giordano, Ingram & Broderick 2024).
-    Each evaluation is one call of the target at the ``M`` points :math:`g_\phi(\epsilon_m)`; the
+    Each evaluation is ``M / B`` calls of the target at the points :math:`g_\phi(\epsilon_m)`; the
     gradient with respect to :math:`\phi` is the vector-Jacobian product of :math:`g_\phi` with
     the target's gradient (a small program without the model). The fixed draws are a sample, so
     the verdict checks the result with fresh draws (PSIS). Restarts run one after the other.
@@ -520,7 +521,10 @@ def fit_family_fixed(
     t0 = time.perf_counter()
     R = int(jax.tree.leaves(init_params)[0].shape[0])
     B, d = target.batch_size, target.dim
-    eps = fixed_noise(B, family.noise_dim, seed)
+    # At least two draws per noise dimension (and a whole number of batches): with fewer, the
+    # draws span only part of the space and the fixed-draw objective has no optimum there.
+    M = B * -(-max(B, 2 * (family.noise_dim + 1)) // B)
+    eps = fixed_noise(M, family.noise_dim, seed)
     first = jax.tree.map(lambda v: np.asarray(v)[0], init_params)
     leaves, treedef = jax.tree.flatten(first)
     shapes = [np.shape(x) for x in leaves]
@@ -551,12 +555,16 @@ def fit_family_fixed(
     phi_shape = jax.ShapeDtypeStruct((sum(sizes),), jnp.float64)
     points_c = jax.jit(points).lower(phi_shape).compile()
     objective_c = jax.jit(objective).lower(
-        phi_shape, jax.ShapeDtypeStruct((B,), jnp.float64), jax.ShapeDtypeStruct((B, d), jnp.float64)
+        phi_shape, jax.ShapeDtypeStruct((M,), jnp.float64), jax.ShapeDtypeStruct((M, d), jnp.float64)
     ).compile()
     t_compiled = time.perf_counter()
 
     def evaluate(phi):
-        logp, grad = target.value_and_grad(points_c(phi))
+        u = points_c(phi)
+        if M == B:
+            logp, grad = target.value_and_grad(u)
+        else:
+            logp, grad = target.log_density(np.asarray(u), grad=True)
         value, g = objective_c(phi, logp, grad)
         value, g = float(value), np.asarray(g)
         if not (np.isfinite(value) and np.all(np.isfinite(g))):

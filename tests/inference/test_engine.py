@@ -188,3 +188,20 @@ def test_settings_are_one_frozen_object_with_named_errors():
     assert FitSettings(min_steps=10, max_steps=50).rule.max_steps == 50
     result = fit(model, Y, settings=FitSettings(guide="multivariate_normal", progress=False))
     assert result.settings["guide"] == "multivariate_normal" and result.settings["draws"] == "fixed"
+
+
+def test_fixed_draws_span_a_space_larger_than_half_the_batch():
+    """A full-rank guide in 20 dimensions with 16 particles: more draws than particles, none NaN."""
+
+    def wide(y):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([20]).to_event(1))
+        numpyro.sample("y", dist.Normal(z, 1.0).to_event(1), obs=y)
+
+    y = jnp.linspace(-1.0, 1.0, 20)
+    eps = fixed_noise(48, 20, seed=0)
+    assert np.all(np.isfinite(eps))
+    r = fit(wide, y, guide="multivariate_normal", num_particles=16, progress=False)
+    # Conjugate: posterior mean y / 2 and variance 1 / 2 in every coordinate.
+    np.testing.assert_allclose(r.params["auto_loc"], np.asarray(y) / 2, atol=1e-6)
+    tril = r.params["auto_scale_tril"]
+    np.testing.assert_allclose(tril @ tril.T, np.eye(20) / 2, atol=1e-6)

@@ -81,7 +81,7 @@ def step_cost(model, chunks: int, repeats: int) -> dict:
     import jax
     from numpyro.infer import SVI
 
-    from inference.engine.fit import make_optimizer
+    from inference.engine.settings import make_optimizer
     from inference.engine.guides import make_guide
     from inference.engine.loop import init_state, make_chunk
     from inference.engine.objectives import make_objective

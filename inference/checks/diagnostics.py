@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..engine.stopping import StopReason
+from ..engine.stopping import StopReason, final_window
 
 __all__ = [
     "RELIABLE",
@@ -485,7 +485,7 @@ def check_curvature_flat(u: np.ndarray, labels, hessian, guide_name: str, *, max
 # -- restarts -------------------------------------------------------------------------------------
 def _final_elbo(trace: np.ndarray) -> tuple[float, float]:
     """Mean ELBO over the last 10% of steps (at least 50) and its standard error (batch means)."""
-    tail = -trace[-max(50, trace.size // 10) :]
+    tail = -final_window(trace)
     tail = tail[np.isfinite(tail)]
     if tail.size < 10:
         return float("nan"), float("inf")

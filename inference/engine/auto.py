@@ -41,11 +41,13 @@ import numpy as np
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 
-from ..checks.diagnostics import RELIABLE, UNRELIABLE, CARE, Check
+from ..checks.diagnostics import CARE, RELIABLE, UNRELIABLE, Check
+from .flat import fit_flat, flat_guide, target_for
 from .importance import importance_resampled
 from .result import FitResult
 from .schedules import check_schedules
 from .settings import FitSettings
+from .svi import run_svi
 
 __all__ = ["Attempt", "fit_auto", "guide_ladder", "latent_dimension", "check_modes", "AUTO_OPTIONS"]
 
@@ -279,8 +281,6 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
         The chosen attempt, with ``attempts`` (every :class:`Attempt`, the MAP stage first) and
         ``settings["guide"] == "auto"``; its verdict is already computed.
     """
-    from .fit import fit_flat, flat_guide, target_for
-    from .svi import run_svi
     from .vi import find_map
 
     t0 = time.perf_counter()

@@ -70,6 +70,8 @@ __all__ = [
     "WhitenedBNAF",
     "GUIDE_OPTIONS",
     "fd_hessian",
+    "fd_points",
+    "fd_symmetric_hessian",
     "laplace_to_multivariate_normal",
 ]
 
@@ -272,11 +274,20 @@ def fd_hessian(f: Callable, x: jax.Array, rel_step: float = 1e-4, steps: jax.Arr
     gradient evaluations, vectorized. Works where forward-over-reverse differentiation does not
     (custom gradients).
     """
-    g = jax.grad(f)
     h = rel_step * jnp.maximum(1.0, jnp.abs(x)) if steps is None else steps
-    eye = jnp.diag(h)
-    grads = jax.vmap(g)(jnp.concatenate([x + eye, x - eye]))
-    d = x.shape[0]
+    grads = jax.vmap(jax.grad(f))(fd_points(x, h, jnp))
+    return fd_symmetric_hessian(grads, h, jnp)
+
+
+def fd_points(x, h, xp=jnp):
+    """The ``2 d`` points ``x + h_i e_i`` then ``x - h_i e_i`` of a central-difference Hessian (``xp``: numpy or jax.numpy)."""
+    eye = xp.diag(h)
+    return xp.concatenate([x + eye, x - eye])
+
+
+def fd_symmetric_hessian(grads, h, xp=jnp):
+    """The symmetrized central-difference Hessian from the gradients at :func:`fd_points`."""
+    d = h.shape[0]
     hess = (grads[:d] - grads[d:]) / (2 * h[:, None])
     return 0.5 * (hess + hess.T)
 

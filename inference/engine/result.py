@@ -8,7 +8,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from .stopping import StopReason
+from .settings import positive_int
+from .stopping import StopReason, final_window
 
 __all__ = ["FitResult", "Timings", "Summary", "subsampled_plates"]
 
@@ -51,13 +52,6 @@ def subsampled_plates(model, args=(), kwargs=None) -> dict:
         found.clear()
         run()
     return found
-
-
-def _count(name: str, value: Any) -> int:
-    """A positive whole number of draws, or a ValueError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive whole number of draws, got {value!r}")
-    return int(value)
 
 
 class Timings(NamedTuple):
@@ -219,7 +213,7 @@ class FitResult:
         if self.settings.get("draws") == "fixed":
             finite = trace[np.isfinite(trace)]
             return float(-finite[-1]) if finite.size else float("nan")
-        tail = trace[-max(50, trace.size // 10) :]
+        tail = final_window(trace)
         tail = tail[np.isfinite(tail)]
         return float(-tail.mean()) if tail.size else float("nan")
 
@@ -261,9 +255,9 @@ class FitResult:
         if "latent_sites" not in self._cache:
             trace = getattr(self.guide, "prototype_trace", None)
             if trace is not None:
-                names = tuple(
-                    n for n, s in trace.items() if s["type"] == "sample" and not s["is_observed"]
-                )
+                from .sampling import latent_sites
+
+                names = tuple(latent_sites(trace))
             else:
                 names = tuple(self.sample(2, seed=0))
             self._cache["latent_sites"] = names
@@ -294,7 +288,7 @@ class FitResult:
         from .sampling import sample_guide
 
         self.require_full_data("FitResult.sample")
-        num_samples = _count("num_samples", num_samples)
+        num_samples = positive_int("num_samples", num_samples)
         r = self.best_restart if restart is None else int(restart)
         if self.posterior is not None:
             draws = self.posterior.model_draws(r, self.seed + 1 if seed is None else int(seed), num_samples)

@@ -11,7 +11,12 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer import Predictive
 from numpyro.infer.autoguide import AutoContinuous, AutoGuide
 
-__all__ = ["sample_guide", "ModelDraws", "make_posterior_sampler", "draw_prior"]
+__all__ = ["sample_guide", "ModelDraws", "make_posterior_sampler", "draw_prior", "latent_sites"]
+
+
+def latent_sites(trace: dict) -> list[str]:
+    """Names of the latent sample sites of a NumPyro trace, in trace order."""
+    return [name for name, site in trace.items() if site["type"] == "sample" and not site["is_observed"]]
 
 
 def _static_supports(guide) -> bool:
@@ -30,7 +35,7 @@ def _static_supports(guide) -> bool:
 
 
 def _latent_names(guide):
-    return [n for n, s in guide.prototype_trace.items() if s["type"] == "sample" and not s["is_observed"]]
+    return latent_sites(guide.prototype_trace)
 
 
 @partial(jax.jit, static_argnums=(0, 3))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["StopReason", "PlateauRule"]
+__all__ = ["StopReason", "PlateauRule", "final_window", "nonfinite_limit_reached"]
 
 
 class StopReason(str, enum.Enum):
@@ -111,3 +111,18 @@ class PlateauRule:
             if not delta < self.z * se + self.atol:
                 return False
         return True
+
+
+def final_window(trace: np.ndarray) -> np.ndarray:
+    """The last 10% of a loss trace's steps (at least 50): what the final ELBO is averaged over.
+
+    ``trace`` has shape ``(n,)`` or ``(R, n)``; the window is taken along the last axis.
+    """
+    trace = np.asarray(trace)
+    n = trace.shape[-1]
+    return trace[..., -max(50, n // 10) :] if n else trace
+
+
+def nonfinite_limit_reached(skipped: int, steps: int, limit: float) -> bool:
+    """Whether ``skipped`` non-finite steps of ``steps`` pass the limit (a fraction, and more than 50)."""
+    return skipped > max(50, limit * steps)

@@ -41,7 +41,7 @@ from .objectives import make_objective
 from .result import FitResult, Timings
 from .settings import FitSettings
 from .schedules import check_schedules
-from .stopping import StopReason
+from .stopping import StopReason, final_window, nonfinite_limit_reached
 
 __all__ = ["run_svi"]
 
@@ -130,7 +130,7 @@ def run_svi(model: Callable[..., Any], args: tuple, kwargs: dict, settings: FitS
             if finite.size:
                 bar.set_postfix_str(f"ELBO {-finite.mean():.4g}")
             n_bad = int(np.asarray(state.n_nonfinite).max())
-            if n_bad > max(50, nonfinite_limit * steps):
+            if nonfinite_limit_reached(n_bad, steps, nonfinite_limit):
                 stop_reason = StopReason.NONFINITE
                 break
             plateau_checks = plateau_checks + 1 if rule.is_plateau(trace) else 0
@@ -156,7 +156,7 @@ def run_svi(model: Callable[..., Any], args: tuple, kwargs: dict, settings: FitS
         picked = list(recent_means)[-n_avg:]
     restart_params = jax.device_get(_average_and_constrain(svi, picked))
     restart_params = jax.tree.map(np.asarray, restart_params)
-    tail = trace[:, -max(50, steps // 10) :] if steps else trace
+    tail = final_window(trace)
     with np.errstate(all="ignore"):
         final = np.array([np.nanmean(t) if np.isfinite(t).any() else np.inf for t in tail])
     best = int(np.argmin(final)) if restarts > 1 else 0

@@ -124,9 +124,9 @@ def _is_factor(site) -> bool:
 
 
 def _latent(trace) -> list:
-    return sorted(
-        (name for name, s in trace.items() if s["type"] == "sample" and not s["is_observed"]),
-    )
+    from .sampling import latent_sites
+
+    return sorted(latent_sites(trace))
 
 
 @dataclass(eq=False)
@@ -210,19 +210,27 @@ class Target:
         return value, (np.concatenate(grads)[:n] if grads else np.zeros((0, self.dim)))
 
     def hessian(self, u: np.ndarray, steps: np.ndarray | None = None, rel_step: float = 1e-4) -> np.ndarray:
-        """Hessian of the log density at ``u`` (``(d,)``) by central differences of the exact gradient.
-
-        Column ``i`` is ``(g(u + h_i e_i) - g(u - h_i e_i)) / (2 h_i)`` with ``h_i`` from ``steps``, or
-        ``rel_step * max(1, |u_i|)``, symmetrized: ``2 d`` gradient evaluations in batches. (ODE
-        solvers with custom gradients do not support forward-over-reverse differentiation.)
-        """
+        """Hessian of the log density at ``u`` (``(d,)``); see :meth:`hessians`."""
         u = np.asarray(u, dtype=float)
-        d = u.size
-        h = rel_step * np.maximum(1.0, np.abs(u)) if steps is None else np.asarray(steps, dtype=float)
-        points = np.concatenate([u + np.diag(h), u - np.diag(h)])
+        return self.hessians(u[None], None if steps is None else np.asarray(steps)[None], rel_step)[0]
+
+    def hessians(self, u: np.ndarray, steps: np.ndarray | None = None, rel_step: float = 1e-4) -> np.ndarray:
+        """Hessians of the log density at ``n`` points ``u`` (``(n, d)``), all in one pass: ``(n, d, d)``.
+
+        By central differences of the exact gradient (:func:`inference.engine.guides.fd_hessian`'s
+        formula): column ``i`` is ``(g(u + h_i e_i) - g(u - h_i e_i)) / (2 h_i)`` with ``h_i``
+        from ``steps`` or ``rel_step * max(1, |u_i|)``, symmetrized; ``2 d`` gradient evaluations
+        per point. (ODE solvers with custom gradients do not support forward-over-reverse
+        differentiation.)
+        """
+        from .guides import fd_points, fd_symmetric_hessian
+
+        u = np.asarray(u, dtype=float).reshape(-1, self.dim)
+        h = rel_step * np.maximum(1.0, np.abs(u)) if steps is None else np.asarray(steps, dtype=float).reshape(u.shape)
+        points = np.concatenate([fd_points(x, hx, np) for x, hx in zip(u, h)])
         _, g = self.log_density(points, grad=True)
-        hess = (g[:d] - g[d:]) / (2 * h[:, None])
-        return 0.5 * (hess + hess.T)
+        n2 = 2 * self.dim
+        return np.stack([fd_symmetric_hessian(g[j * n2 : (j + 1) * n2], hx, np) for j, hx in enumerate(h)])
 
     # -- the prior program -------------------------------------------------------------------
     def starts(self, n: int, *, spread: float = 0.5, seed: int = 0, values: dict | None = None) -> np.ndarray:
@@ -309,7 +317,7 @@ def _find_layout(model, args, kwargs) -> Layout:
         if found["discrete"]:
             return []
         found["constrained"] = [jnp.shape(trace[n]["value"]) for n in names]
-        found["order"] = [n for n, s in trace.items() if s["type"] == "sample" and not s["is_observed"]]
+        found["order"] = [n for n in trace if n in set(names)]
         found["trace"] = {
             n: {
                 "type": s["type"],

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .families import Family
-from .stopping import PlateauRule, StopReason
+from .stopping import PlateauRule, StopReason, final_window, nonfinite_limit_reached
 
 __all__ = ["VIState", "FamilyFit", "MapResult", "fit_family", "fit_family_fixed", "find_map", "laplace_factor"]
 
@@ -252,7 +252,7 @@ def fit_family(
             finite = chunk[np.isfinite(chunk)]
             if finite.size:
                 bar.set_postfix_str(f"ELBO {-finite.mean():.4g}")
-            if int(np.asarray(state.nonfinite).max()) > max(50, nonfinite_limit * steps):
+            if nonfinite_limit_reached(int(np.asarray(state.nonfinite).max()), steps, nonfinite_limit):
                 stop = StopReason.NONFINITE
                 break
             trace = np.concatenate(chunks, axis=1)
@@ -274,7 +274,7 @@ def fit_family(
         n_avg = max(1, min(len(sums) - 1, math.ceil(rule.window_length(steps) / chunk_size)))
         counted = chunk_size * (n_avg - 1) + (steps - chunk_size * (len(sums) - 2))
         params = jax.tree.map(lambda a, b: (a - b) / counted, sums[-1], sums[-1 - n_avg])
-    tail = trace[:, -max(50, steps // 10):] if steps else trace
+    tail = final_window(trace)
     with np.errstate(all="ignore"):
         final = np.array([np.nanmean(t) if np.isfinite(t).any() else np.inf for t in tail])
     best = int(np.argmin(final)) if R > 1 else 0
@@ -424,16 +424,8 @@ def find_map(target, starts: np.ndarray, *, max_iter: int = 200, gtol: float = 1
     done = np.flatnonzero(np.isfinite(potential)) if hessians else np.zeros(0, int)
     if done.size:
         # Every optimum's central differences in one pass over the target (2 d points each).
-        h = 1e-4 * np.maximum(1.0, np.abs(x[done]))
-        eye = np.eye(d)
-        points = np.concatenate([
-            np.concatenate([x[r] + eye * h[j][:, None], x[r] - eye * h[j][:, None]]) for j, r in enumerate(done)
-        ])
-        _, grads = target.log_density(points, grad=True)
-        for j, r in enumerate(done):
-            gr = grads[2 * d * j : 2 * d * (j + 1)]
-            hess = (gr[:d] - gr[d:]) / (2 * h[j][:, None])
-            trils[r] = laplace_factor(0.5 * (hess + hess.T))
+        for r, hess in zip(done, target.hessians(x[done])):
+            trils[r] = laplace_factor(hess)
     return MapResult(x, potential, trils, best, iters, np.linalg.norm(g, axis=1), target.num_grad_evals - evals0)
 
 

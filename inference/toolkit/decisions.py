@@ -53,6 +53,7 @@ import numpy as np
 import optax
 
 from ..engine.result import FitResult
+from ..engine.settings import positive_int
 
 __all__ = ["DecisionResult", "optimize_expectation", "expected_value"]
 
@@ -125,12 +126,6 @@ def _format_x(x) -> str:
 
 
 # -- checks ------------------------------------------------------------------------------------
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _as_decision(init: Any):
@@ -483,7 +478,7 @@ def expected_value(objective: Callable, x: Any, draws: Any, *, value_draws: int 
     mean, se : float
         The average of ``f(x, theta_i)`` over the ``n`` draws and ``sd / sqrt(n)`` (0 for one draw).
     """
-    value_draws = _positive_int("value_draws", value_draws)
+    value_draws = positive_int("value_draws", value_draws)
     source = _make_source(draws, value_draws, seed)
     leaves, treedef = _as_decision(x)
     x = jax.tree.unflatten(treedef, [jnp.asarray(v) for v in leaves])
@@ -653,9 +648,9 @@ def optimize_expectation(
     >>> round(res.x, 1), round(float(theta["m"].mean()), 1)
     (2.0, 2.0)
     """
-    steps = _positive_int("steps", steps)
-    batch_size = _positive_int("batch_size", batch_size)
-    value_draws = _positive_int("value_draws", value_draws)
+    steps = positive_int("steps", steps)
+    batch_size = positive_int("batch_size", batch_size)
+    value_draws = positive_int("value_draws", value_draws)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     if optimizer is None:

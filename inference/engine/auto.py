@@ -17,12 +17,13 @@ through NumPyro's SVI). What :func:`fit_auto` does, in order:
    ``30 < d <= 300``: ``low_rank`` then ``multivariate_normal``; larger: ``normal`` then
    ``low_rank``. Gaussian families are fitted on fixed draws (DADVI), flows on fresh draws.
 3. **Verdict and importance resampling.** After each fit the verdict is computed
-   (:mod:`inference.checks.diagnostics`). A fit is accepted when the verdict is *reliable* and
-   Pareto-smoothed importance weighting moves no mean by more than ``mean_shift`` (0.1) guide
-   sds and no sd by more than ``sd_shift`` (10%). Otherwise, where importance weights of the
-   guide, or of a Student-t proposal around it, have k-hat at most 0.7
-   (:mod:`inference.engine.importance`), the reported draws are resampled from them and the
-   verdict is made again for those draws. Otherwise the next guide is tried. The result is the
+   (:mod:`inference.checks.diagnostics`). Where importance weights of the guide, or of a
+   Student-t proposal around it, have k-hat at most 0.7 (:mod:`inference.engine.importance`),
+   the reported draws are resampled from them and the verdict is made again for those draws;
+   the fit is accepted when that verdict is *reliable*. Otherwise it is accepted as it is when
+   its verdict is *reliable* and Pareto-smoothed importance weighting moves no mean by more than
+   ``mean_shift`` (0.1) guide sds and no sd by more than ``sd_shift`` (10%). Otherwise the next
+   guide is tried. The result is the
    attempt with the best verdict level, ties broken by the ELBO (estimated from the verdict's
    draws: a higher ELBO is a smaller KL divergence from the posterior).
 
@@ -319,7 +320,8 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
         t = time.perf_counter()
         evals0 = target.num_grad_evals
         starts = target.starts(map_starts, spread=map_spread, seed=settings.seed, values=data_values)
-        found = find_map(target, starts)
+        # The MAP stage only places the guides' start: a looser tolerance than find_map's default.
+        found = find_map(target, starts, gtol=1e-3, ftol=1e-8)
         best = found.best
         if not np.isfinite(found.potential[best]):
             modes = Check(
@@ -372,9 +374,11 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
         mean_move, sd_move = _bulk_shift(diagnosis)
         key = (_LEVEL_RANK[verdict.level], diagnosis.elbo)
         last = i == len(ladder) - 1
-        if verdict.level == RELIABLE and mean_move <= mean_tol and sd_move <= sd_tol:
-            outcome = "accepted"
-        elif result.posterior is not None and (corrected := importance_resampled(result, diagnosis)) is not None:
+        raw_ok = verdict.level == RELIABLE and mean_move <= mean_tol and sd_move <= sd_tol
+        # Where importance weights are usable, the resampled draws are the better estimate even of a
+        # good guide (they remove what is left of its bias), so they are tried first.
+        corrected = importance_resampled(result, diagnosis) if result.posterior is not None else None
+        if corrected is not None and (corrected[1].verdict.level == RELIABLE or not raw_ok):
             result, diagnosis = corrected
             verdict = diagnosis.verdict
             key = (_LEVEL_RANK[verdict.level], diagnosis.elbo)
@@ -384,6 +388,8 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
                 outcome = "last guide of the ladder"
             else:
                 outcome = f"moved on: {verdict.level} ({verdict.reason}); trying {ladder[i + 1]}"
+        elif raw_ok:
+            outcome = "accepted"
         elif last:
             outcome = "last guide of the ladder"
         elif verdict.level == RELIABLE:

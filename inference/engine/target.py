@@ -282,20 +282,20 @@ class Target:
         pad = (-n) % B
         if pad:
             u = np.concatenate([u, np.repeat(u[-1:], pad, axis=0)])
-        keys = jax.random.split(jax.random.PRNGKey(seed), u.shape[0])
-        parts = [jax.device_get(self._predict(jnp.asarray(u[i : i + B]), keys[i : i + B])) for i in range(0, u.shape[0], B)]
-
-        def cat(items):
-            return {k: np.concatenate([np.asarray(p[k]) for p in items])[:n] for k in items[0]} if items else {}
-
-        return PredictiveDraws(
-            latent=cat([p[0] for p in parts]),
-            log_joint=np.concatenate([np.asarray(p[1]) for p in parts])[:n],
-            log_det_jacobian=np.concatenate([np.asarray(p[2]) for p in parts])[:n],
-            log_likelihood=cat([p[3] for p in parts]),
-            predictive=cat([p[4] for p in parts]),
-            observed={k: np.asarray(v)[0] for k, v in parts[0][5].items()} if parts else {},
-        )
+        keys = np.asarray(jax.random.split(jax.random.PRNGKey(seed), u.shape[0]))
+        # Each batch is written into arrays allocated once: memory holds the draws once, not twice.
+        out = None
+        for i in range(0, u.shape[0], B):
+            part = jax.device_get(self._predict(u[i : i + B], keys[i : i + B]))
+            if out is None:
+                out = jax.tree.map(lambda v: np.empty((n,) + np.shape(v)[1:], np.asarray(v).dtype), part[:5])
+                observed = {k: np.asarray(v)[0] for k, v in part[5].items()}
+            stop = min(i + B, n)
+            if stop > i:
+                jax.tree.map(lambda dst, src: dst.__setitem__(slice(i, stop), np.asarray(src)[: stop - i]), out, part[:5])
+            del part
+        latent, log_joint, log_det, loglik, predictive = out
+        return PredictiveDraws(latent, log_joint, log_det, loglik, predictive, observed)
 
     def constrain(self, u: np.ndarray) -> dict:
         """Constrained latent (and deterministic) values at flat points ``u`` ``(n, d)``."""

@@ -347,13 +347,27 @@ def _two_loop(g, S, Y):
 STEP_LENGTHS = (1.0, 0.5, 0.2, 0.05)
 
 
-def find_map(target, starts: np.ndarray, *, max_iter: int = 200, gtol: float = 1e-6, memory: int = 10,
+def step_lengths(batch: int, active: int) -> np.ndarray:
+    """Trial step lengths of one line-search pass: :data:`STEP_LENGTHS`, or more when few starts are moving.
+
+    With ``active`` starts and room for ``batch`` points, each start gets ``batch // active``
+    trials (at least 4, at most 16): ``2, 1, 1/2, ...`` geometrically, so a straggler uses the
+    whole batch instead of padding.
+    """
+    k = int(min(16, max(len(STEP_LENGTHS), batch // max(active, 1))))
+    if k == len(STEP_LENGTHS):
+        return np.asarray(STEP_LENGTHS)
+    return 2.0 ** (1 - np.arange(k))
+
+
+def find_map(target, starts: np.ndarray, *, max_iter: int = 200, gtol: float = 1e-6, ftol: float = 1e-10, memory: int = 10,
              hessians: bool = True) -> MapResult:
     """Maximize the target's log density from every start at once (batched L-BFGS).
 
-    Each iteration evaluates, for every start still moving, the points ``x + a p`` for the step
-    lengths ``a`` in :data:`STEP_LENGTHS` (in as few batches of ``B`` as they fit) and takes the
-    longest that satisfies the Armijo condition; the gradient there comes with the value. At each
+    Each iteration evaluates, for every start still moving, the points ``x + a p`` for several
+    step lengths ``a`` (:func:`step_lengths`: as many as fill the batch) and takes, of those that
+    satisfy the Armijo condition, the one with the highest log density; the gradient there comes
+    with the value. At each
     optimum the Hessian is taken by central differences of the exact gradient
     (:meth:`Target.hessian`), and its Laplace factor (Tierney & Kadane 1986).
 
@@ -364,6 +378,8 @@ def find_map(target, starts: np.ndarray, *, max_iter: int = 200, gtol: float = 1
     max_iter : int
     gtol : float
         Stop a start when its largest gradient component is below this.
+    ftol : float
+        Or when an iteration changes the log density by less than ``ftol (1 + |log p|)``.
     memory : int
         L-BFGS pairs kept.
     hessians : bool
@@ -377,11 +393,12 @@ def find_map(target, starts: np.ndarray, *, max_iter: int = 200, gtol: float = 1
     S = [[] for _ in range(R)]
     Y = [[] for _ in range(R)]
     iters = np.zeros(R, dtype=int)
-    K = len(STEP_LENGTHS)
     for it in range(max_iter):
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
+        lengths = step_lengths(target.batch_size, idx.size)
+        K = lengths.size
         dirs = np.zeros((R, d))
         for r in idx:
             p = _two_loop(g[r], S[r], Y[r]) if S[r] else g[r] / max(1.0, np.linalg.norm(g[r]))
@@ -389,14 +406,14 @@ def find_map(target, starts: np.ndarray, *, max_iter: int = 200, gtol: float = 1
                 S[r], Y[r] = [], []
                 p = g[r] / max(1.0, np.linalg.norm(g[r]))
             dirs[r] = p
-        trial = (x[idx, None, :] + np.asarray(STEP_LENGTHS)[None, :, None] * dirs[idx, None, :]).reshape(-1, d)
+        trial = (x[idx, None, :] + lengths[None, :, None] * dirs[idx, None, :]).reshape(-1, d)
         ft, gt = target.log_density(trial, grad=True)
         ft, gt = ft.reshape(idx.size, K), gt.reshape(idx.size, K, d)
         for j, r in enumerate(idx):
             slope = dirs[r] @ g[r]
-            ok = np.isfinite(ft[j]) & (ft[j] >= f[r] + 1e-4 * np.asarray(STEP_LENGTHS) * slope)
+            ok = np.isfinite(ft[j]) & (ft[j] >= f[r] + 1e-4 * lengths * slope)
             if ok.any():
-                k = int(np.argmax(ok))
+                k = int(np.argmax(np.where(ok, ft[j], -np.inf)))
             elif np.isfinite(ft[j]).any() and np.nanmax(np.where(np.isfinite(ft[j]), ft[j], -np.inf)) > f[r]:
                 k = int(np.nanargmax(np.where(np.isfinite(ft[j]), ft[j], -np.inf)))
             else:
@@ -405,7 +422,7 @@ def find_map(target, starts: np.ndarray, *, max_iter: int = 200, gtol: float = 1
                     active[r] = False
                 S[r], Y[r] = [], []
                 continue
-            s = STEP_LENGTHS[k] * dirs[r]
+            s = lengths[k] * dirs[r]
             y = g[r] - gt[j, k]
             df = ft[j, k] - f[r]
             x[r], f[r], g[r] = x[r] + s, ft[j, k], gt[j, k]
@@ -416,7 +433,7 @@ def find_map(target, starts: np.ndarray, *, max_iter: int = 200, gtol: float = 1
                 if len(S[r]) > memory:
                     S[r].pop(0)
                     Y[r].pop(0)
-            if np.max(np.abs(g[r])) < gtol or abs(df) < 1e-10 * (1 + abs(f[r])):
+            if np.max(np.abs(g[r])) < gtol or abs(df) < ftol * (1 + abs(f[r])):
                 active[r] = False
     potential = np.where(np.isfinite(f), -f, np.inf)
     best = int(np.argmin(potential))
@@ -468,7 +485,7 @@ def fit_family_fixed(
     *,
     seed: int = 0,
     max_iter: int = 500,
-    tol: float = 1e-7,
+    tol: float = 1e-6,
     memory: int = 10,
     progress: bool = False,
 ) -> FamilyFit:

@@ -231,6 +231,9 @@ def _optimization_dataset(result):
 
 
 def _stack(parts: list[dict]) -> dict:
+    """Stack the restarts along a new leading axis (a view, not a copy, for one restart)."""
+    if len(parts) == 1:
+        return {name: np.asarray(value)[None] for name, value in parts[0].items()}
     return {name: np.stack([p[name] for p in parts]) for name in parts[0]}
 
 

@@ -618,6 +618,20 @@ class Diagnosis:
     flat: tuple | None = field(default=None, repr=False)
 
 
+def _stop_and_density_checks(result, log_p) -> list:
+    """The checks every verdict starts with: why the fit stopped, and zero-density draws."""
+    return [
+        check_stopping(
+            result.stop_reason,
+            result.num_steps,
+            int(np.sum(result.nonfinite_steps)),
+            result.num_restarts,
+            result.nonfinite_reason,
+        ),
+        check_density(log_p),
+    ]
+
+
 def diagnose(result, num_samples: int = 16000, *, seed: int | None = None, curvature: bool = True) -> Diagnosis:
     """Run every check on a :class:`FitResult` and combine them into a :class:`Verdict`.
 
@@ -645,16 +659,7 @@ def diagnose(result, num_samples: int = 16000, *, seed: int | None = None, curva
     draws = sampler(result.params, key, num_samples)
     names = [n for n in result.latent_sites if n in draws.latent]
     latent = {n: draws.latent[n] for n in names}
-    checks = [
-        check_stopping(
-            result.stop_reason,
-            result.num_steps,
-            int(np.sum(result.nonfinite_steps)),
-            result.num_restarts,
-            result.nonfinite_reason,
-        ),
-        check_density(draws.log_p),
-    ]
+    checks = _stop_and_density_checks(result, draws.log_p)
     if result.guide_name == "delta":
         checks.append(
             Check(
@@ -706,16 +711,7 @@ def _diagnose_flat(result, num_samples: int, *, seed: int | None, curvature: boo
     u, log_q = posterior.draw_guide(result.best_restart, seed, int(num_samples))
     log_p = target.log_density(u)
     latent = {label: u[:, j] for j, label in enumerate(labels)}
-    checks = [
-        check_stopping(
-            result.stop_reason,
-            result.num_steps,
-            int(np.sum(result.nonfinite_steps)),
-            result.num_restarts,
-            result.nonfinite_reason,
-        ),
-        check_density(log_p),
-    ]
+    checks = _stop_and_density_checks(result, log_p)
     psis_check, weights, shift = check_psis(log_p, log_q, latent, labels, result.guide_name)
     if curvature:
         finite = np.isfinite(log_p)

@@ -485,7 +485,7 @@ def fit_family_fixed(
     *,
     seed: int = 0,
     max_iter: int = 500,
-    tol: float = 1e-6,
+    tol: float = 1e-7,
     memory: int = 10,
     progress: bool = False,
 ) -> FamilyFit:

@@ -103,8 +103,14 @@ def _is_factor(site) -> bool:
 
 
 def _model_pieces(model, values, key, args, kwargs):
-    """Trace ``model`` (latent sites substituted by ``values`` when given) under seed ``key``."""
+    """Trace ``model`` (latent sites substituted by ``values`` when given) under seed ``key``.
+
+    Returns ``(latent, log_p, log_likelihood, predictive, observed)``: latent and deterministic
+    site values, the log joint, the pointwise log likelihood, a predictive draw and the observed
+    values (masked entries NaN) of every observed site that is not a factor.
+    """
     from numpyro import handlers
+    from numpyro.distributions import MaskedDistribution
 
     k_model, k_pred = jax.random.split(key)
     run = handlers.seed(model, k_model)
@@ -112,7 +118,7 @@ def _model_pieces(model, values, key, args, kwargs):
         run = handlers.substitute(run, data=values)
     trace = handlers.trace(run).get_trace(*args, **kwargs)
     log_p = 0.0
-    latent, loglik, predictive = {}, {}, {}
+    latent, loglik, predictive, observed = {}, {}, {}, {}
     for name, site in trace.items():
         if site["type"] == "deterministic":
             latent[name] = site["value"]
@@ -129,7 +135,12 @@ def _model_pieces(model, values, key, args, kwargs):
             loglik[name] = log_prob
             k_pred, k_site = jax.random.split(k_pred)
             predictive[name] = site["fn"].sample(k_site)
-    return latent, log_p, loglik, predictive
+            value, fn = site["value"], site["fn"]
+            if isinstance(fn, MaskedDistribution) and not isinstance(fn._mask, bool):
+                mask = jax.numpy.reshape(fn._mask, jax.numpy.shape(fn._mask) + (1,) * len(fn.event_shape))
+                value = jax.numpy.where(mask, value, jax.numpy.nan)
+            observed[name] = jax.numpy.broadcast_to(value, jax.numpy.shape(site["value"]))
+    return latent, log_p, loglik, predictive, observed
 
 
 def make_posterior_sampler(model, guide, latent_names, args=(), kwargs=None):
@@ -152,7 +163,7 @@ def make_posterior_sampler(model, guide, latent_names, args=(), kwargs=None):
             k_guide, k_model = jax.random.split(key)
             log_q, guide_trace = log_density(handlers.seed(guide, k_guide), args, kwargs, params)
             values = {n: guide_trace[n]["value"] for n in names}
-            latent, log_p, loglik, predictive = _model_pieces(model, values, k_model, args, kwargs)
+            latent, log_p, loglik, predictive, _ = _model_pieces(model, values, k_model, args, kwargs)
             return latent, log_p, log_q, loglik, predictive
 
         return jax.vmap(one)(keys)
@@ -170,7 +181,7 @@ def draw_prior(model, rng_key, num_samples: int, args=(), kwargs=None) -> ModelD
     @jax.jit
     def run(keys):
         def one(key):
-            latent, log_p, loglik, predictive = _model_pieces(model, None, key, args, kwargs)
+            latent, log_p, loglik, predictive, _ = _model_pieces(model, None, key, args, kwargs)
             return latent, log_p, jax.numpy.zeros(()), loglik, predictive
 
         return jax.vmap(one)(keys)

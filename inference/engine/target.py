@@ -117,12 +117,6 @@ class PredictiveDraws(NamedTuple):
     observed: dict = {}
 
 
-def _is_factor(site) -> bool:
-    from numpyro.distributions.distribution import Unit
-
-    return isinstance(site["fn"], Unit)
-
-
 def _latent(trace) -> list:
     from .sampling import latent_sites
 
@@ -430,36 +424,13 @@ def _prior_fn(model, args, kwargs, layout):
 
 
 def _predictive_program(model, args, kwargs, layout, batch_size):
-    from numpyro import handlers
-    from numpyro.distributions import MaskedDistribution
     from numpyro.infer.util import constrain_fn, potential_energy
 
+    from .sampling import _model_pieces
+
     def one(u, key):
-        k_model, k_pred = jax.random.split(key)
         values = constrain_fn(model, args, kwargs, layout.unpack(u))
-        trace = handlers.trace(handlers.substitute(handlers.seed(model, k_model), data=values)).get_trace(*args, **kwargs)
-        log_joint = 0.0
-        latent, loglik, predictive, observed = {}, {}, {}, {}
-        for name, site in trace.items():
-            if site["type"] == "deterministic":
-                latent[name] = site["value"]
-            if site["type"] != "sample":
-                continue
-            log_prob = site["fn"].log_prob(site["value"])
-            if site.get("scale") is not None:
-                log_prob = site["scale"] * log_prob
-            log_joint = log_joint + jnp.sum(log_prob)
-            if not site["is_observed"]:
-                latent[name] = site["value"]
-            elif not _is_factor(site):
-                loglik[name] = log_prob
-                k_pred, k_site = jax.random.split(k_pred)
-                predictive[name] = site["fn"].sample(k_site)
-                value, fn = site["value"], site["fn"]
-                if isinstance(fn, MaskedDistribution) and not isinstance(fn._mask, bool):
-                    mask = jnp.reshape(fn._mask, jnp.shape(fn._mask) + (1,) * len(fn.event_shape))
-                    value = jnp.where(mask, value, jnp.nan)
-                observed[name] = jnp.broadcast_to(value, jnp.shape(site["value"]))
+        latent, log_joint, loglik, predictive, observed = _model_pieces(model, values, key, args, kwargs)
         log_density = -potential_energy(model, args, kwargs, layout.unpack(u))
         log_joint = jnp.where(jnp.isnan(log_joint), -jnp.inf, log_joint)
         log_det = jnp.where(jnp.isfinite(log_density) & jnp.isfinite(log_joint), log_density - log_joint, 0.0)

@@ -336,3 +336,76 @@ def test_toml_job_with_real_experiment_sections(tmp_path):
     config.write_text(config.read_text() + "[[doses]]\nspecies = \"A\"\namout = 1\n")
     with pytest.raises(kinetics.ConfigError, match="did you mean 'amount'"):
         kinetics.KineticsJob.from_toml(config)
+
+
+def _write_subjects(folder, n=4):
+    """Sparse samples of C = Central / V after a bolus dose, four subjects, lognormal noise."""
+    rng = np.random.default_rng(0)
+    rows = ["run,subject,t,C,dose,weight"]
+    for i in range(n):
+        ke, V = 0.15 * math.exp(0.3 * rng.normal()), 8.0 * math.exp(0.2 * rng.normal())
+        dose = [50.0, 100.0, 200.0][i % 3]
+        for t in (1.0, 3.0, 8.0, 20.0):
+            c = dose / V * math.exp(-ke * t) * math.exp(0.1 * rng.normal())
+            rows.append(f"{i},s{i},{t},{c:.5f},{dose},{50 + 10 * i}")
+    (folder / "subjects.csv").write_text("\n".join(rows) + "\n")
+
+
+SUBJECTS_TOML = """\
+data = "subjects.csv"
+mechanism = "Central -> 0 : ke"
+conditions = ["subject", "dose", "weight"]
+noise = "lognormal"
+
+[observables]
+C = "Central / V"
+
+[priors]
+V = "LogNormal(log(10), 0.5)"
+ke = "LogNormal(log(0.2), 1)"
+
+[hierarchy]
+ke = { group = "subject", covariates = ["weight"] }
+V = "subject"
+
+[[doses]]
+species = "Central"
+amount = "dose"
+time = 0
+"""
+
+
+def _vifit(*args, cwd):
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "vifit"
+    env = dict(os.environ, MPLBACKEND="Agg")
+    return subprocess.run([str(exe), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_command_line_fits_a_toml_with_the_real_experiment_tables(tmp_path):
+    _write_subjects(tmp_path)
+    (tmp_path / "fit.toml").write_text(SUBJECTS_TOML)
+    proc = _vifit(
+        "fit", "fit.toml", "--out", "out", "--no-progress", "--samples", "50", "--guide", "normal", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = tmp_path / "out"
+    for name in ("fit.json", "posterior.nc", "report.html", "summary.csv"):
+        assert (out / name).is_file(), name
+    assert {p.name for p in (out / "plots").glob("*.png")} >= {"elbo.png", "fit.png", "marginals.png"}
+    summary = (out / "summary.csv").read_text()
+    for site in ("ke_mu", "ke_tau", "ke_beta_weight", "V_mu", "V_tau", "sigma"):
+        assert site in summary, site
+    assert "ke_mu" in proc.stdout and "verdict:" in proc.stdout
+
+
+def test_command_line_refuses_a_typo_in_the_hierarchy_table(tmp_path):
+    _write_subjects(tmp_path)
+    (tmp_path / "fit.toml").write_text(SUBJECTS_TOML.replace('{ group = "subject"', '{ grup = "subject"'))
+    proc = _vifit("fit", "fit.toml", "--out", "out", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "unknown key 'grup' in [hierarchy] ke; did you mean 'group'?" in proc.stderr
+    assert not (tmp_path / "out").exists()

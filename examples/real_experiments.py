@@ -98,8 +98,7 @@ def population(small: bool, out: Path, guide: str) -> dict:
     truth = population_truth(n)
     data = kinetics.model(mech, template, conditions=conditions, **POPULATION_OPTIONS).synthetic(truth, seed=4)
     model = kinetics.model(mech, data, conditions=conditions, **POPULATION_OPTIONS)
-    # 2n + 5 latent dimensions: at least twice as many particles keeps the fixed draws full rank.
-    result = fit(model, guide=guide, seed=0, progress=not small, num_particles=max(32, 4 * n + 12))
+    result = fit(model, guide=guide, seed=0, progress=not small)
     print(f"Population of {n} subjects")
     print(result.summary(num_samples=500 if small else 2000))
     draws = result.sample(2000, seed=1)

@@ -106,6 +106,11 @@ def run_part(part: str, args, save: Path) -> None:
         )
         info["fit_s"] = time.perf_counter() - t0
         draws = ref.samples
+        from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+
+        info["divergences"] = int(ref.num_divergences)
+        info["ess_bulk"] = {k: float(effective_sample_size(np.asarray(draws[k]))) for k in POPULATION}
+        info["r_hat"] = {k: float(split_gelman_rubin(np.asarray(draws[k]))) for k in POPULATION}
     arrays = {name: np.asarray(draws[name], dtype=float).reshape(-1) for name in POPULATION}
     info["in_process_s"] = time.perf_counter() - _T0
     np.savez(save / f"{part}.npz", **arrays)
@@ -175,6 +180,11 @@ def report(args, vi: dict, ref: dict, vi_info: dict, nuts_info: dict, walls: dic
         "speed": speedup >= SPEEDUP,
     }
     mark = {True: "**met**", False: "**not met**"}
+    if "divergences" in nuts_info:
+        ess = ", ".join(f"{k} {nuts_info['ess_bulk'][k]:.0f}" for k in POPULATION)
+        rhat = max(nuts_info["r_hat"].values())
+        lines.append("")
+        lines.append(f"NUTS: {nuts_info['divergences']} divergences, largest r-hat {rhat:.3f}, ESS {ess}.")
     lines.append("")
     lines.append("| target | measured | status |")
     lines.append("|---|---|---|")

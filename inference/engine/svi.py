@@ -49,7 +49,7 @@ __all__ = ["run_svi"]
 def _progress_bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="vifit", unit="step", disable=not enabled, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc="vifit", unit="step", disable=None if enabled else True, leave=False, dynamic_ncols=True)
 
 
 @partial(jax.jit, static_argnums=0)

@@ -111,7 +111,7 @@ class FamilyFit(NamedTuple):
 def _progress_bar(total: int, enabled: bool, desc: str = "vifit"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="step", disable=None if enabled else True, leave=False, dynamic_ncols=True)
 
 
 def _programs(family: Family, optimizer, R: int, P: int, d: int, chunk_size: int):

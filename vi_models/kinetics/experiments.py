@@ -55,7 +55,15 @@ from .conditions import (
 from .dataset import Dataset
 from .expressions import Expression
 from .mechanism import Mechanism
-from .model import _OBSERVED, FAILED_SITE, NOISE_MODELS, Trajectories, _noise_scale_estimate, _prior_median
+from .model import (
+    _OBSERVED,
+    FAILED_SITE,
+    NOISE_MODELS,
+    Trajectories,
+    _noise_scale_estimate,
+    _prior_median,
+    initial_value,
+)
 from .ode import SolverOptions, make_solver
 from .priors import as_prior, describe_prior
 
@@ -593,32 +601,12 @@ def _initial(mech, data, conditions, initial, c) -> tuple[np.ndarray, dict, dict
             known[:, j] = conditions.numeric(spec, what=f"the initial concentration of {sp!r}")
             columns[sp] = spec
             continue
-        if isinstance(spec, str) and spec.strip().lower() == "infer":
-            inferred[f"{sp}0"] = dist.LogNormal(math.log(c), 1.0)
+        value = initial_value(sp, spec, E, scale=c, also="the name of a condition column")
+        if isinstance(value, np.ndarray):
+            known[:, j] = value
+        else:
+            inferred[f"{sp}0"] = value
             known[:, j] = np.nan
-            continue
-        if isinstance(spec, str):
-            try:
-                spec = float(spec)
-            except ValueError:
-                inferred[f"{sp}0"] = as_prior(spec, name=f"{sp}0")
-                known[:, j] = np.nan
-                continue
-        if isinstance(spec, dist.Distribution):
-            inferred[f"{sp}0"] = spec
-            known[:, j] = np.nan
-            continue
-        arr = np.asarray(spec, dtype=float)
-        if arr.ndim == 0:
-            arr = np.full(E, float(arr))
-        if arr.shape != (E,):
-            raise ValueError(
-                f"initial concentration of {sp!r} has shape {arr.shape}; give one number, one per experiment "
-                f"({E} values), or the name of a condition column"
-            )
-        if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-            raise ValueError(f"initial concentration of {sp!r} must be finite and non-negative, got {arr}")
-        known[:, j] = arr
     return known, inferred, columns
 
 

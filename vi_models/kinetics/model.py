@@ -478,6 +478,33 @@ def default_priors(mechanism: Mechanism, dataset: Dataset, noise: str) -> dict[s
     return priors
 
 
+def initial_value(species: str, spec, n_experiments: int, *, scale: float, also: str = ""):
+    """One species' initial concentration: an array ``(E,)`` of known values, or the prior of an inferred one.
+
+    ``spec`` is a number, one number per experiment, ``"infer"`` (a LogNormal prior around
+    ``scale``), prior text such as ``"LogNormal(0, 1)"``, or a NumPyro distribution. ``also``
+    names other accepted forms in the error sentence (e.g. a condition column).
+    """
+    if isinstance(spec, str) and spec.strip().lower() == "infer":
+        return dist.LogNormal(math.log(scale), 1.0)
+    if isinstance(spec, str):
+        try:
+            spec = float(spec)
+        except ValueError:
+            return as_prior(spec, name=_initial_site(species))
+    if isinstance(spec, dist.Distribution):
+        return spec
+    arr = np.asarray(spec, dtype=float)
+    if arr.ndim == 0:
+        arr = np.full(n_experiments, float(arr))
+    if arr.shape != (n_experiments,):
+        forms = f"one number, one per experiment ({n_experiments} values)" + (f", or {also}" if also else "")
+        raise ValueError(f"initial concentration of {species!r} has shape {arr.shape}; give {forms}")
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise ValueError(f"initial concentration of {species!r} must be finite and non-negative, got {arr}")
+    return arr
+
+
 def _resolve_initial(mechanism: Mechanism, dataset: Dataset, initial) -> tuple[np.ndarray, dict]:
     """Split ``initial`` into known values (E, S) and priors of inferred initial sites."""
     E, species = dataset.n_experiments, mechanism.species
@@ -504,32 +531,12 @@ def _resolve_initial(mechanism: Mechanism, dataset: Dataset, initial) -> tuple[n
             )
         else:
             spec = 0.0  # a species that is neither observed nor given starts at zero
-        if isinstance(spec, str) and spec.strip().lower() == "infer":
-            inferred[_initial_site(sp)] = dist.LogNormal(math.log(_concentration_scale(dataset)), 1.0)
+        value = initial_value(sp, spec, E, scale=_concentration_scale(dataset))
+        if isinstance(value, np.ndarray):
+            known[:, j] = value
+        else:
+            inferred[_initial_site(sp)] = value
             known[:, j] = np.nan
-            continue
-        if isinstance(spec, str):
-            try:
-                spec = float(spec)
-            except ValueError:
-                inferred[_initial_site(sp)] = as_prior(spec, name=_initial_site(sp))
-                known[:, j] = np.nan
-                continue
-        if isinstance(spec, dist.Distribution):
-            inferred[_initial_site(sp)] = spec
-            known[:, j] = np.nan
-            continue
-        arr = np.asarray(spec, dtype=float)
-        if arr.ndim == 0:
-            arr = np.full(E, float(arr))
-        if arr.shape != (E,):
-            raise ValueError(
-                f"initial concentration of {sp!r} has shape {arr.shape}; give one number, or one per "
-                f"experiment ({E} values)"
-            )
-        if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-            raise ValueError(f"initial concentration of {sp!r} must be finite and non-negative, got {arr}")
-        known[:, j] = arr
     return known, inferred
 
 

@@ -498,7 +498,8 @@ def initial_value(species: str, spec, n_experiments: int, *, scale: float, also:
     if arr.ndim == 0:
         arr = np.full(n_experiments, float(arr))
     if arr.shape != (n_experiments,):
-        forms = f"one number, one per experiment ({n_experiments} values)" + (f", or {also}" if also else "")
+        count = f"{n_experiments} value{'s' if n_experiments != 1 else ''}"
+        forms = f"one number, one per experiment ({count})" + (f", or {also}" if also else "")
         raise ValueError(f"initial concentration of {species!r} has shape {arr.shape}; give {forms}")
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
         raise ValueError(f"initial concentration of {species!r} must be finite and non-negative, got {arr}")

@@ -46,13 +46,13 @@ Improved variational inference with inverse autoregressive flow. NeurIPS.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Family", "FAMILIES", "make_family", "noise_dim"]
+__all__ = ["Family", "FAMILIES", "make_family"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -237,11 +237,6 @@ def _iaf(d: int, num_flows: int = 2, hidden_dims=None) -> Family:
 FAMILIES = ("normal", "multivariate_normal", "low_rank", "iaf")
 
 
-def noise_dim(name: str, d: int, options: dict | None = None) -> int:
-    """Dimension of the noise of family ``name`` over ``d`` coordinates."""
-    return make_family(name, d, options).noise_dim
-
-
 def make_family(name: str, d: int, options: dict | None = None) -> Family:
     """The family called ``name`` over ``d`` flat coordinates.
 
@@ -269,10 +264,3 @@ def make_family(name: str, d: int, options: dict | None = None) -> Family:
             raise ValueError("the 'iaf' guide needs at least two latent dimensions; use 'multivariate_normal'")
         return _iaf(d, int(options.get("num_flows", 2)), options.get("hidden_dims"))
     raise ValueError(f"no flat guide family named {name!r}; the families are {', '.join(FAMILIES)}")
-
-
-def gaussian_params(family: Family, params: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and Cholesky factor of the covariance of a family's (base) Gaussian."""
-    mean, cov = family.moments(params)
-    cov = np.asarray(cov)
-    return np.asarray(mean), np.linalg.cholesky(0.5 * (cov + cov.T) + 1e-12 * np.eye(cov.shape[0]))

@@ -184,20 +184,3 @@ class FlatPosterior:
         pred = self.target.predict(u, seed=seed + 1)
         draws = ModelDraws(pred.latent, pred.log_joint, np.zeros(len(u)), pred.log_likelihood, pred.predictive)
         return draws, pred.observed
-
-    def sampler(self, restart_of_params: dict | None = None):
-        """``sampler(params, key, n) -> ModelDraws`` for the ArviZ export (``params`` names a restart)."""
-
-        def sample(params, rng_key, num_samples):
-            r = int(params) if np.ndim(params) == 0 and not isinstance(params, dict) else _restart_of(self, params)
-            seed = int(np.asarray(jax.random.randint(rng_key, (), 0, 2**31 - 1)))
-            return self.model_draws(r, seed, num_samples)
-
-        return sample
-
-
-def _restart_of(posterior: FlatPosterior, params: dict) -> int:
-    """Which restart a public parameter dict belongs to (the export passes one restart's parameters)."""
-    loc = np.asarray(params["auto_loc"])
-    locs = np.asarray(posterior.restart_params["loc"])
-    return int(np.argmin(np.abs(locs - loc).sum(axis=1)))

@@ -309,9 +309,7 @@ class FitResult:
         return to_arviz(self, num_samples=num_samples, seed=seed, verdict=verdict)
 
     def _posterior_sampler(self):
-        """Compiled draws with model and guide densities (:func:`inference.engine.sampling.make_posterior_sampler`)."""
-        if "posterior_sampler" not in self._cache and self.posterior is not None:
-            self._cache["posterior_sampler"] = self.posterior.sampler()
+        """Compiled draws with model and guide densities for a fit through NumPyro's SVI (:func:`inference.engine.sampling.make_posterior_sampler`); a flat fit draws through ``posterior``."""
         if "posterior_sampler" not in self._cache:
             from .sampling import make_posterior_sampler
 

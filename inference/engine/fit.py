@@ -67,6 +67,9 @@ def fit(
     progress: bool = True,
     draws: str = "auto",
     method: str = "svi",
+    checkpoint=None,
+    resume: bool = False,
+    devices=None,
     settings: FitSettings | None = None,
     **kwargs: Any,
 ):
@@ -131,6 +134,15 @@ def fit(
         fresh for flows).
     method : str
         ``"svi"`` (default) or ``"nuts"`` (:func:`inference.nuts` on the same model).
+    checkpoint : str or path, optional
+        A file where the state of the fit is saved periodically and atomically (NumPy ``.npz``
+        with a JSON header; never pickle), and when the fit is interrupted.
+    resume : bool
+        Continue the fit saved in ``checkpoint``: the same parameters, bit for bit, as a fit
+        that was never interrupted. A checkpoint of another model, data set or settings is
+        refused.
+    devices : int or sequence of jax devices, optional
+        Shard the model's data over these local devices (see the "Many experiments" page).
     settings : FitSettings, optional
         All of the above as one object; keywords given as well are refused.
 
@@ -180,6 +192,9 @@ def fit(
             guide_options=dict(guide_options or {}),
             progress=progress,
             draws=draws,
+            checkpoint=checkpoint,
+            resume=resume,
+            devices=devices,
         )
     elif not isinstance(settings, FitSettings):
         raise TypeError(f"settings must be an inference.FitSettings, got {type(settings).__name__}")
@@ -193,7 +208,8 @@ def fit(
                 ("stopping", stopping, None), ("chunk_size", chunk_size, 100), ("nonfinite_limit", nonfinite_limit, 0.1),
                 ("init_scale", init_scale, 0.1), ("restart_spread", restart_spread, 0.5), ("schedules", schedules, None),
                 ("init_params", init_params, None), ("guide_options", guide_options, None), ("progress", progress, True),
-                ("draws", draws, "auto"),
+                ("draws", draws, "auto"), ("checkpoint", checkpoint, None), ("resume", resume, False),
+                ("devices", devices, None),
             )
             if value is not default and value != default
         }

@@ -9,6 +9,7 @@ data written to ``fit.json``.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -92,6 +93,9 @@ class FitSettings:
     progress: bool = True
     batch_size: int = 32
     draws: str = "auto"
+    checkpoint: str | None = None
+    resume: bool = False
+    devices: Any = None
 
     def __post_init__(self):
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
@@ -118,6 +122,12 @@ class FitSettings:
             from .objectives import make_objective
 
             make_objective(self.objective, num_particles=1)
+        if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
+            raise TypeError(f"checkpoint must be a file path (str or pathlib.Path), got {type(self.checkpoint).__name__}")
+        if not isinstance(self.resume, bool):
+            raise TypeError(f"resume must be True or False, got {self.resume!r}")
+        if self.resume and self.checkpoint is None:
+            raise ValueError("resume=True needs checkpoint=PATH: the checkpoint file to continue from")
         if self.draws not in ("auto", "fixed", "fresh"):
             raise ValueError(f"draws must be 'auto', 'fixed' or 'fresh', got {self.draws!r}")
         if self.optimizer is None:
@@ -173,6 +183,10 @@ class FitSettings:
                 value = "adam" if value is None else repr(value)
             elif f.name == "lr" and callable(value):
                 value = repr(value)
+            elif f.name == "checkpoint":
+                value = None if value is None else os.fspath(value)
+            elif f.name == "devices" and value is not None:
+                value = value if isinstance(value, (int, str)) else [str(d) for d in value]
             elif f.name in ("init_params", "init_values"):
                 value = None if value is None else sorted(value)
             out[f.name] = value

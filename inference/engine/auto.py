@@ -48,6 +48,7 @@ from .importance import importance_resampled
 from .result import FitResult
 from .schedules import check_schedules
 from .settings import FitSettings
+from .stopping import StopReason
 from .svi import run_svi
 
 __all__ = ["Attempt", "fit_auto", "guide_ladder", "latent_dimension", "check_modes", "AUTO_OPTIONS"]
@@ -258,7 +259,7 @@ def _gaussian_start(guide: str, loc: np.ndarray, scale_tril: np.ndarray) -> dict
     return None
 
 
-def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResult:
+def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control=None) -> FitResult:
     """Fit ``model`` with the guide chosen and escalated automatically (see the module docstring).
 
     Parameters
@@ -275,6 +276,10 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
         ``sd_shift`` (largest PSIS moves of an accepted fit, default 0.1 and 0.1). The other
         settings apply to every variational attempt, except that without a stopping rule or step
         limits the attempts run 500 to 5000 steps (they start at the Laplace approximation).
+    control : inference.engine.checkpoint.FitControl, optional
+        The interrupt request and checkpoint: every stage (the MAP stage, each guide) is a stage
+        of the checkpoint; after a requested stop no further stage starts, and the best fit so
+        far is returned (the MAP's Laplace approximation when the stop came during the MAP stage).
 
     Returns
     -------
@@ -282,9 +287,11 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
         The chosen attempt, with ``attempts`` (every :class:`Attempt`, the MAP stage first) and
         ``settings["guide"] == "auto"``; its verdict is already computed.
     """
-    from .vi import find_map
+    from .checkpoint import FitControl
+    from .vi import find_map, map_result_arrays, map_result_restore
 
     t0 = time.perf_counter()
+    control = control if control is not None else FitControl()
     options = dict(settings.guide_options)
     unknown = sorted(set(options) - set(AUTO_OPTIONS))
     if unknown:
@@ -307,6 +314,12 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
         d, problem = latent_dimension(model, args, dict(kwargs, **{k: f(0) for k, f in check_schedules(settings.schedules, kwargs).items()}), settings.seed)
     else:
         d = target.dim
+        control.open(target)
+    if target is None and settings.checkpoint is not None:
+        raise ValueError(
+            f"checkpoint= works for fits on the flat engine; this model goes to NumPyro's SVI ({problem}), so leave "
+            "checkpoint out"
+        )
     ladder = tuple(options.get("ladder") or (guide_ladder(d) if problem is None else ("normal",)))
     data_values = {}
     initial_values = getattr(model, "initial_values", None)
@@ -321,7 +334,14 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
         evals0 = target.num_grad_evals
         starts = target.starts(map_starts, spread=map_spread, seed=settings.seed, values=data_values)
         # The MAP stage only places the guides' start: a looser tolerance than find_map's default.
-        found = find_map(target, starts, gtol=1e-3, ftol=1e-8)
+        stage = control.stage("map")
+        done = stage.result()
+        if done is not None:
+            found = map_result_restore(done)
+        else:
+            found = find_map(target, starts, gtol=1e-3, ftol=1e-8, stage=stage)
+            if not stage.halted:
+                stage.finish(map_result_arrays(found))
         best = found.best
         if not np.isfinite(found.potential[best]):
             modes = Check(
@@ -335,7 +355,7 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
             modes = check_modes(found.locs, found.potential, found.scale_trils, best)
             tril = found.scale_trils[best] if found.laplace_ok else np.eye(d) * settings.init_scale
             start = (found.locs[best], tril)
-            outcome = "start" if found.laplace_ok else "start (Hessian not positive definite: the guides start at the MAP with a small scale)"
+            outcome = "stopped: the optima so far" if stage.halted else "start" if found.laplace_ok else "start (Hessian not positive definite: the guides start at the MAP with a small scale)"
         extra_checks.append(modes)
         attempts.append(
             Attempt("laplace", modes.level, modes.message, float(-found.potential[best]), float("nan"),
@@ -345,15 +365,25 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
 
     chosen: FitResult | None = None
     chosen_key = None
+    if control.stopped:
+        if start is None:
+            raise KeyboardInterrupt("the fit was stopped during the MAP stage, before any optimum was found")
+        # Stopped during the MAP stage: what was learnt is the best optimum and its curvature.
+        chosen = replace(fit_flat(target, base.with_(guide="laplace"), start=start), stop_reason=StopReason.INTERRUPTED)
+        attempts.append(
+            Attempt("laplace", UNRELIABLE, f"stopped by {control.interrupt.requested} during the MAP stage",
+                    float(-found.potential[best]), float("nan"), 0, 0.0, "kept: the MAP's Laplace approximation")
+        )
+        ladder = ()
     for i, name in enumerate(ladder):
         t = time.perf_counter()
         evals0 = target.num_grad_evals if target is not None else 0
         attempt_settings = base.with_(guide=name)
         try:
             if target is not None and flat_guide(attempt_settings) is not None:
-                result = fit_flat(target, attempt_settings, start=start)
+                result = fit_flat(target, attempt_settings, start=start, control=control, key=f"fit {i} {name}")
             else:
-                result = run_svi(model, args, kwargs, attempt_settings)
+                result = run_svi(model, args, kwargs, attempt_settings, control=control)
         except ValueError as err:
             attempts.append(Attempt(name, UNRELIABLE, str(err), float("nan"), float("nan"), 0, time.perf_counter() - t, f"failed: {err}"))
             continue
@@ -404,9 +434,11 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResu
             Attempt(name, verdict.level, verdict.reason, diagnosis.elbo, verdict.khat, result.num_steps,
                     time.perf_counter() - t, outcome, grad_evals=evals)
         )
+        if control.stopped:
+            attempts[-1] = replace(attempts[-1], outcome=f"stopped by {control.interrupt.requested}: no further guide was tried")
         if chosen is None or key > chosen_key:
             chosen, chosen_key = result, key
-        if outcome.startswith("accepted"):
+        if outcome.startswith("accepted") or control.stopped:
             break
         # The next guide starts from this fit when it is a full-rank Gaussian at least as good.
         if name == "multivariate_normal" and key >= chosen_key:

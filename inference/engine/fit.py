@@ -33,6 +33,7 @@ from dataclasses import replace
 from typing import Any
 
 from .auto import fit_auto
+from .checkpoint import FitControl, Interrupt
 from .flat import fit_flat, flat_guide, target_for
 from .guides import canonical_name
 from .result import FitResult
@@ -170,6 +171,9 @@ def fit(
         raise ValueError(f"method must be 'svi' or 'nuts', got {method!r}")
     if model is None or not callable(model):
         raise TypeError(f"fit() needs a NumPyro model (a function or callable object), got {model!r}")
+    from .arguments import check_model_arguments
+
+    check_model_arguments(model, args, kwargs)
     if settings is None:
         settings = FitSettings(
             guide=guide,
@@ -222,21 +226,64 @@ def fit(
 
 
 def run(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResult:
-    """Fit with ``settings``: ``guide="auto"``, the flat engine where it applies, else NumPyro's SVI."""
+    """Fit with ``settings``: ``guide="auto"``, the flat engine where it applies, else NumPyro's SVI.
+
+    SIGINT (Ctrl-C) and SIGTERM during the fit stop it at the next step boundary
+    (:class:`~inference.engine.checkpoint.Interrupt`): the result holds what was learnt, its
+    ``interrupted`` names the signal and its verdict says so; ``settings.checkpoint`` saves the
+    state on the way (:class:`~inference.engine.checkpoint.Checkpoint`).
+    """
+    control = FitControl(settings, Interrupt())
+    with control.interrupt:
+        result = _run(model, args, kwargs, settings, control)
+    if control.interrupt.requested:
+        result = mark_interrupted(result, control)
+    return result
+
+
+def _run(model, args: tuple, kwargs: dict, settings: FitSettings, control: FitControl) -> FitResult:
     guide = settings.guide
     if isinstance(guide, str) and canonical_name(guide) == "auto":
         if settings.init_params is not None:
             raise ValueError("init_params sets the parameters of one guide; with guide='auto' name the guide instead")
-        return fit_auto(model, args, kwargs, settings)
+        return fit_auto(model, args, kwargs, settings, control=control)
     name = flat_guide(settings)
     if name is not None:
         target = target_for(model, args, kwargs, settings)
         if target is not None:
-            result = fit_flat(target, settings.with_(guide=name))
+            control.open(target)
+            result = fit_flat(target, settings.with_(guide=name), control=control)
             # Tracing and compiling the target belong to this fit's time.
             t = result.timings
             timings = t._replace(compile_s=t.compile_s + target.compile_s, total_s=t.total_s + target.compile_s)
             return replace(result, timings=timings)
-    return run_svi(model, args, kwargs, settings)
+    if settings.checkpoint is not None:
+        raise ValueError(
+            "checkpoint= works for fits on the flat engine (guide='auto' and the named guides normal, "
+            "multivariate_normal, low_rank, iaf, laplace, with the plain ELBO); this fit runs through NumPyro's SVI "
+            "(a guide object, another objective, schedules, minibatch plates or discrete sites), so leave checkpoint out"
+        )
+    return run_svi(model, args, kwargs, settings, control=control)
 
 
+def mark_interrupted(result: FitResult, control: FitControl) -> FitResult:
+    """The result of an interrupted fit: its record names the signal, its verdict says so."""
+    from ..checks.diagnostics import UNRELIABLE, Check, Diagnosis, Verdict
+
+    signal_name = control.interrupt.requested
+    where = f"; the state is saved in {str(control.checkpoint.path)!r}" if control.checkpoint is not None else ""
+    how = (
+        "resume it with fit(..., checkpoint=PATH, resume=True) or vifit fit --resume"
+        if control.checkpoint is not None
+        else "run the fit to the end (give checkpoint=PATH to be able to resume an interrupted fit)"
+    )
+    check = Check("interrupted", UNRELIABLE, f"the fit was stopped by {signal_name} before it finished{where}", how)
+    settings = dict(result.settings, interrupted=signal_name)
+    # Verdicts computed before the stop (guide="auto" computes its own) gain the check as well.
+    cache = {}
+    for key, value in result._cache.items():
+        if isinstance(value, Diagnosis):
+            v = value.verdict
+            value = replace(value, verdict=Verdict.from_checks((check,) + v.checks, khat=v.khat, khat_draws=v.khat_draws, ess=v.ess))
+        cache[key] = value
+    return replace(result, settings=settings, extra_checks=tuple(result.extra_checks) + (check,), _cache=cache)

@@ -83,7 +83,7 @@ def _start(target: Target, settings: FitSettings, start: tuple | None) -> tuple[
     return starts, trils
 
 
-def fit_flat(target: Target, settings: FitSettings, *, start: tuple | None = None) -> FitResult:
+def fit_flat(target: Target, settings: FitSettings, *, start: tuple | None = None, control=None, key: str | None = None) -> FitResult:
     """One guide family fitted on the flat engine (``settings.guide`` names it).
 
     Parameters
@@ -94,17 +94,31 @@ def fit_flat(target: Target, settings: FitSettings, *, start: tuple | None = Non
     start : (ndarray (d,), ndarray (d, d)), optional
         A Gaussian ``N(loc, L L^T)`` (unconstrained) where restart 0 starts, e.g. the Laplace
         approximation; the family starts exactly there (flows at the identity).
+    control : inference.engine.checkpoint.FitControl, optional
+        The fit's interrupt request and checkpoint; this fit is its stage ``key`` (default
+        ``"fit <guide>"``): replayed from the checkpoint when an earlier run finished it,
+        continued when it was running, else fitted and recorded.
     """
-    from .vi import find_map, fit_family, fit_family_fixed
+    from .vi import (
+        family_fit_arrays, family_fit_restore, find_map, fit_family, fit_family_fixed, map_result_arrays,
+        map_result_restore,
+    )
 
     t0 = time.perf_counter()
     name = canonical_name(settings.guide)
     R, d = settings.restarts, target.dim
     evals0 = target.num_grad_evals
     locs, trils = _start(target, settings, start)
+    stage = control.stage(key or f"fit {name}") if control is not None else None
+    done = stage.result() if stage is not None else None
     t_init = time.perf_counter()
     if name == "laplace":
-        found = find_map(target, locs)
+        if done is not None:
+            found = map_result_restore(done)
+        else:
+            found = find_map(target, locs, stage=stage)
+            if stage is not None and not stage.halted:
+                stage.finish(map_result_arrays(found))
         family = make_family("multivariate_normal", d)
         ok = np.all(np.isfinite(found.scale_trils), axis=(1, 2))
         if not ok[found.best]:
@@ -115,14 +129,17 @@ def fit_flat(target: Target, settings: FitSettings, *, start: tuple | None = Non
         trils = np.where(ok[:, None, None], np.nan_to_num(found.scale_trils), trils)
         params = _init_params(family, found.locs, trils, settings.seed)
         losses = np.zeros((R, 0))
-        best, stop, steps, nonfinite = found.best, StopReason.CONVERGED, 0, np.zeros(R, int)
+        stop = StopReason.INTERRUPTED if stage is not None and stage.halted else StopReason.CONVERGED
+        best, steps, nonfinite = found.best, 0, np.zeros(R, int)
         t_compiled = t_run = time.perf_counter()
     else:
         family = make_family(name, d, settings.guide_options)
         params = _init_params(family, locs, trils, settings.seed)
         t_compiled = time.perf_counter()
-        if fixed_draws(settings, name):
-            ff = fit_family_fixed(target, family, params, seed=settings.seed, max_iter=settings.rule.max_steps)
+        if done is not None:
+            ff = family_fit_restore(done, params)
+        elif fixed_draws(settings, name):
+            ff = fit_family_fixed(target, family, params, seed=settings.seed, max_iter=settings.rule.max_steps, stage=stage)
         else:
             ff = fit_family(
                 target,
@@ -135,7 +152,10 @@ def fit_flat(target: Target, settings: FitSettings, *, start: tuple | None = Non
                 nonfinite_limit=settings.nonfinite_limit,
                 progress=settings.progress,
                 desc=f"vifit {name}",
+                stage=stage,
             )
+        if stage is not None and done is None and ff.stop_reason != StopReason.INTERRUPTED:
+            stage.finish(family_fit_arrays(ff))
         params, losses, best, stop, steps, nonfinite = (
             ff.params, ff.losses, ff.best, ff.stop_reason, ff.num_steps, ff.nonfinite
         )

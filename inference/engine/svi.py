@@ -59,7 +59,7 @@ def _average_and_constrain(svi: SVI, chunk_means: list):
     return jax.vmap(svi.constrain_fn)(unconstrained)
 
 
-def run_svi(model: Callable[..., Any], args: tuple, kwargs: dict, settings: FitSettings) -> FitResult:
+def run_svi(model: Callable[..., Any], args: tuple, kwargs: dict, settings: FitSettings, *, control=None) -> FitResult:
     """One SVI fit of one guide with NumPyro's ``SVI`` (the path for what a flat vector cannot hold).
 
     Used for NumPyro guide objects, models with subsampled plates (minibatches) or discrete latent
@@ -136,6 +136,10 @@ def run_svi(model: Callable[..., Any], args: tuple, kwargs: dict, settings: FitS
             plateau_checks = plateau_checks + 1 if rule.is_plateau(trace) else 0
             if plateau_checks >= rule.patience:
                 stop_reason = StopReason.CONVERGED
+                break
+            if control is not None and control.stopped:
+                # A requested stop (SIGINT / SIGTERM) ends the fit at this chunk's end.
+                stop_reason = StopReason.INTERRUPTED
                 break
     except KeyboardInterrupt:
         stop_reason = StopReason.INTERRUPTED

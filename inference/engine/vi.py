@@ -34,16 +34,21 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .checkpoint import list_arrays, list_restore, tree_arrays, tree_restore
 from .families import Family
 from .stopping import PlateauRule, StopReason, final_window, nonfinite_limit_reached
 
-__all__ = ["VIState", "FamilyFit", "MapResult", "fit_family", "fit_family_fixed", "find_map", "laplace_factor"]
+__all__ = [
+    "VIState", "FamilyFit", "MapResult", "fit_family", "fit_family_fixed", "find_map", "laplace_factor",
+    "family_fit_arrays", "family_fit_restore", "map_result_arrays", "map_result_restore",
+]
 
 
 class VIState(NamedTuple):
@@ -106,6 +111,43 @@ class FamilyFit(NamedTuple):
     grad_evals: int
     seconds: float
     compile_s: float
+
+
+def family_fit_arrays(ff: FamilyFit) -> dict:
+    """A finished :class:`FamilyFit` as named arrays (for a checkpoint)."""
+    return dict(
+        tree_arrays("params", ff.params),
+        losses=ff.losses, best=np.asarray(ff.best), stop_reason=np.asarray(str(ff.stop_reason)),
+        num_steps=np.asarray(ff.num_steps), nonfinite=ff.nonfinite, grad_evals=np.asarray(ff.grad_evals),
+    )
+
+
+def family_fit_restore(arrays: dict, like_params) -> FamilyFit:
+    """The :class:`FamilyFit` saved by :func:`family_fit_arrays` (``like_params`` gives the tree)."""
+    return FamilyFit(
+        params=tree_restore("params", arrays, like_params),
+        losses=np.array(arrays["losses"]),
+        best=int(arrays["best"]),
+        stop_reason=StopReason(str(arrays["stop_reason"])),
+        num_steps=int(arrays["num_steps"]),
+        nonfinite=np.array(arrays["nonfinite"]),
+        grad_evals=0,
+        seconds=0.0,
+        compile_s=0.0,
+    )
+
+
+def map_result_arrays(found: MapResult) -> dict:
+    """A finished :class:`MapResult` as named arrays (for a checkpoint)."""
+    return {k: np.asarray(v) for k, v in found._asdict().items()}
+
+
+def map_result_restore(arrays: dict) -> MapResult:
+    """The :class:`MapResult` saved by :func:`map_result_arrays`."""
+    return MapResult(
+        np.array(arrays["locs"]), np.array(arrays["potential"]), np.array(arrays["scale_trils"]), int(arrays["best"]),
+        np.array(arrays["iterations"]), np.array(arrays["grad_norm"]), 0,
+    )
 
 
 def _progress_bar(total: int, enabled: bool, desc: str = "vifit"):
@@ -194,6 +236,7 @@ def fit_family(
     nonfinite_limit: float = 0.1,
     progress: bool = False,
     desc: str = "vifit",
+    stage=None,
 ) -> FamilyFit:
     """Maximize the ELBO of ``family`` against ``target`` from ``init_params`` (one per restart).
 
@@ -212,6 +255,10 @@ def fit_family(
     nonfinite_limit : float
         Stop (``StopReason.NONFINITE``) when more than this fraction of steps (and more than 50)
         were skipped.
+    stage : inference.engine.checkpoint.Stage, optional
+        Read at every step: a requested stop ends the fit there (``StopReason.INTERRUPTED``);
+        the state is saved to its checkpoint periodically and on a stop, and a saved state is
+        continued from (the same steps as a fit never interrupted).
     """
     t0 = time.perf_counter()
     R = int(jax.tree.leaves(init_params)[0].shape[0])
@@ -232,22 +279,58 @@ def fit_family(
     update = jax.jit(update_fn, donate_argnums=0).lower(state, logp_shape, jax.ShapeDtypeStruct((B, d), jnp.float64)).compile()
     t_compiled = time.perf_counter()
 
+    # Host state: the loss trace of whole chunks, the running parameter sums at chunk ends (as
+    # many as iterate averaging can use, with the step each was taken at), the plateau count.
+    # With ``in_chunk`` steps of the current chunk taken it is all a checkpoint needs to resume.
+    keep = math.ceil(rule.max_window / chunk_size) + 2
     chunks: list[np.ndarray] = []
-    sums: list = [jax.device_get(state.params_sum)]
+    sums: deque = deque([(0, jax.device_get(state.params_sum))], maxlen=keep)
+    steps = in_chunk = plateau = 0
+    saved = stage.saved if stage is not None else None
+    if saved is not None:
+        state = tree_restore("state", saved, state)
+        u = np.array(saved["u"])  # as the update program computed it (start_fn may round differently)
+        steps, in_chunk, plateau = (int(saved[k]) for k in ("steps", "in_chunk", "plateau"))
+        if saved["trace"].shape[1]:
+            chunks.append(np.asarray(saved["trace"]))
+        sums = deque(
+            [(int(at), tree_restore(f"sum{i}", saved, state.params_sum)) for i, at in enumerate(saved["sum_steps"])],
+            maxlen=keep,
+        )
+
+    def snapshot():
+        return dict(
+            tree_arrays("state", state),
+            u=np.array(u, copy=True),
+            steps=np.asarray(steps),
+            in_chunk=np.asarray(in_chunk),
+            plateau=np.asarray(plateau),
+            trace=np.concatenate(chunks, axis=1) if chunks else np.zeros((R, 0)),
+            sum_steps=np.asarray([at for at, _ in sums]),
+            **{k: v for i, (_, tree) in enumerate(sums) for k, v in tree_arrays(f"sum{i}", tree).items()},
+        )
+
     stop = StopReason.MAX_STEPS
-    plateau = 0
-    steps = 0
     bar = _progress_bar(rule.max_steps, progress, desc)
+    bar.update(steps + in_chunk)
     try:
         while steps < rule.max_steps:
             n = min(chunk_size, rule.max_steps - steps)
-            for _ in range(n):
+            for i in range(in_chunk, n):
                 logp, grad = target.value_and_grad(u)
                 state, u = update(state, logp, grad)
+                if stage is not None and stage.stop:
+                    in_chunk = i + 1
+                    stop = StopReason.INTERRUPTED
+                    break
+            if stop == StopReason.INTERRUPTED:
+                stage.halt(snapshot)
+                break
+            in_chunk = 0
             steps += n
             chunk = np.asarray(state.losses)[:n].T  # (R, n)
             chunks.append(chunk)
-            sums.append(jax.device_get(state.params_sum))
+            sums.append((steps, jax.device_get(state.params_sum)))
             bar.update(n)
             finite = chunk[np.isfinite(chunk)]
             if finite.size:
@@ -260,10 +343,14 @@ def fit_family(
             if plateau >= rule.patience:
                 stop = StopReason.CONVERGED
                 break
-    except KeyboardInterrupt:
-        stop = StopReason.INTERRUPTED
+            if stage is not None:
+                stage.save(snapshot)
     finally:
         bar.close()
+    if in_chunk:
+        # Interrupted within a chunk: its steps so far belong to the trace and the averages.
+        chunks.append(np.asarray(state.losses)[:in_chunk].T)
+        sums.append((steps + in_chunk, jax.device_get(state.params_sum)))
     trace = np.concatenate(chunks, axis=1) if chunks else np.zeros((R, 0))
     steps = trace.shape[1]
     # Iterate averaging over the final window (whole chunks): the mean of the stationary phase of
@@ -272,8 +359,8 @@ def fit_family(
         params = jax.device_get(state.params)
     else:
         n_avg = max(1, min(len(sums) - 1, math.ceil(rule.window_length(steps) / chunk_size)))
-        counted = chunk_size * (n_avg - 1) + (steps - chunk_size * (len(sums) - 2))
-        params = jax.tree.map(lambda a, b: (a - b) / counted, sums[-1], sums[-1 - n_avg])
+        (end, last), (begin_at, first) = sums[-1], sums[-1 - n_avg]
+        params = jax.tree.map(lambda a, b: (a - b) / (end - begin_at), last, first)
     tail = final_window(trace)
     with np.errstate(all="ignore"):
         final = np.array([np.nanmean(t) if np.isfinite(t).any() else np.inf for t in tail])
@@ -361,7 +448,7 @@ def step_lengths(batch: int, active: int) -> np.ndarray:
 
 
 def find_map(target, starts: np.ndarray, *, max_iter: int = 200, gtol: float = 1e-6, ftol: float = 1e-10, memory: int = 10,
-             hessians: bool = True) -> MapResult:
+             hessians: bool = True, stage=None) -> MapResult:
     """Maximize the target's log density from every start at once (batched L-BFGS).
 
     Each iteration evaluates, for every start still moving, the points ``x + a p`` for several
@@ -384,16 +471,37 @@ def find_map(target, starts: np.ndarray, *, max_iter: int = 200, gtol: float = 1
         L-BFGS pairs kept.
     hessians : bool
         Take the Laplace factor at every finite optimum (else NaN).
+    stage : inference.engine.checkpoint.Stage, optional
+        A requested stop ends the search after the current iteration (the optima so far are
+        returned); the state is saved to its checkpoint, and a saved state is continued from.
     """
     evals0 = target.num_grad_evals
     x = np.array(starts, dtype=float)
     R, d = x.shape
-    f, g = target.log_density(x, grad=True)
-    active = np.isfinite(f)
-    S = [[] for _ in range(R)]
-    Y = [[] for _ in range(R)]
-    iters = np.zeros(R, dtype=int)
-    for it in range(max_iter):
+    saved = stage.saved if stage is not None else None
+    if saved is None:
+        f, g = target.log_density(x, grad=True)
+        active = np.isfinite(f)
+        S = [[] for _ in range(R)]
+        Y = [[] for _ in range(R)]
+        iters = np.zeros(R, dtype=int)
+        first = 0
+    else:
+        x, f, g, active, iters = (np.array(saved[k]) for k in ("x", "f", "g", "active", "iters"))
+        S = [list_restore(f"S{r}", saved) for r in range(R)]
+        Y = [list_restore(f"Y{r}", saved) for r in range(R)]
+        first = int(saved["it"])
+
+    def snapshot():
+        pairs = {k: v for r in range(R) for k, v in {**list_arrays(f"S{r}", S[r], d), **list_arrays(f"Y{r}", Y[r], d)}.items()}
+        return dict(pairs, x=x, f=f, g=g, active=active, iters=iters, it=np.asarray(it))
+
+    for it in range(first, max_iter):
+        if stage is not None and it > first:
+            if stage.stop:
+                stage.halt(snapshot)
+                break
+            stage.save(snapshot)
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
@@ -488,6 +596,7 @@ def fit_family_fixed(
     tol: float = 1e-7,
     memory: int = 10,
     progress: bool = False,
+    stage=None,
 ) -> FamilyFit:
     r"""Maximize the ELBO estimated on one fixed set of draws, with L-BFGS (DADVI).
 
@@ -521,6 +630,9 @@ def fit_family_fixed(
         Stop when two iterations in a row improve the objective by less than ``tol (1 + |L|)``.
     memory : int
         L-BFGS pairs kept.
+    stage : inference.engine.checkpoint.Stage, optional
+        A requested stop ends the fit after the current iteration (``StopReason.INTERRUPTED``);
+        the state is saved to its checkpoint, and a saved state is continued from.
 
     References
     ----------
@@ -582,17 +694,50 @@ def fit_family_fixed(
 
     evals0 = target.num_grad_evals
     results, traces, stops, bad = [], [], [], np.zeros(R, dtype=int)
-    for r in range(R):
-        phi = ravel(jax.tree.map(lambda v: np.asarray(v)[r], init_params))
-        f, g = evaluate(phi)
-        trace = [-f]
-        S, Y = [], []
-        small = 0
-        stop = StopReason.MAX_STEPS
-        if not np.isfinite(f):
-            stop = StopReason.NONFINITE
-            bad[r] += 1
-        for _ in range(max_iter if np.isfinite(f) else 0):
+    saved = stage.saved if stage is not None else None
+    first_r = 0
+    if saved is not None:
+        first_r = int(saved["r"])
+        results = [unravel(np.array(v), np) for v in saved["done_phi"]]
+        traces = [np.array(saved[f"trace{r}"]) for r in range(first_r)]
+        stops = [StopReason(str(v)) for v in saved["done_stop"]]
+        bad = np.array(saved["bad"])
+    interrupted = False
+    for r in range(first_r, R):
+        resumed = saved is not None and r == first_r
+        if resumed:
+            phi, f, g = np.array(saved["phi"]), float(saved["f"]), np.array(saved["g"])
+            S, Y = list_restore("S", saved), list_restore("Y", saved)
+            small, trace, stop, it0 = int(saved["small"]), list(saved["trace"]), StopReason(str(saved["stop"])), int(saved["it"])
+        else:
+            phi = ravel(jax.tree.map(lambda v: np.asarray(v)[r], init_params))
+            f, g = evaluate(phi)
+            trace = [-f]
+            S, Y = [], []
+            small = 0
+            stop = StopReason.MAX_STEPS
+            it0 = 0
+            if not np.isfinite(f):
+                stop = StopReason.NONFINITE
+                bad[r] += 1
+
+        def snapshot():
+            return dict(
+                list_arrays("S", S, phi.size), **list_arrays("Y", Y, phi.size),
+                r=np.asarray(r), phi=phi, f=np.asarray(f), g=g, small=np.asarray(small), trace=np.asarray(trace),
+                stop=np.asarray(str(stop)), it=np.asarray(it), bad=bad,
+                done_phi=np.asarray([ravel(p) for p in results]).reshape(len(results), phi.size),
+                done_stop=np.asarray([str(v) for v in stops], dtype=str),
+                **{f"trace{k}": t for k, t in enumerate(traces)},
+            )
+
+        for it in range(it0, max_iter if np.isfinite(f) else 0):
+            if stage is not None and it > it0:
+                if stage.stop:
+                    stage.halt(snapshot)
+                    stop, interrupted = StopReason.INTERRUPTED, True
+                    break
+                stage.save(snapshot)
             p = _two_loop(g, S, Y) if S else g / max(1.0, np.linalg.norm(g))
             if not p @ g > 0:
                 S, Y = [], []
@@ -625,6 +770,14 @@ def fit_family_fixed(
         # The objective after each iteration (the start's value only when no iteration was taken).
         traces.append(np.asarray(trace[1:] if len(trace) > 1 else trace))
         stops.append(stop)
+        if interrupted:
+            break
+    # Restarts not reached before a stop keep their starting parameters (and no trace).
+    for r in range(len(results), R):
+        phi = ravel(jax.tree.map(lambda v: np.asarray(v)[r], init_params))
+        results.append(unravel(phi, np))
+        traces.append(np.asarray([np.inf]))
+        stops.append(StopReason.INTERRUPTED)
     steps = max(t.size for t in traces)
     losses = np.full((R, steps), np.nan)
     for r, t in enumerate(traces):
@@ -637,7 +790,7 @@ def fit_family_fixed(
         params=params,
         losses=losses,
         best=best,
-        stop_reason=stops[best],
+        stop_reason=StopReason.INTERRUPTED if interrupted else stops[best],
         num_steps=steps,
         nonfinite=bad,
         grad_evals=int(target.num_grad_evals - evals0),

@@ -143,11 +143,24 @@ def _kinetics_job_class():
 
 def _parse_assignments(items, what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    example = '--prior "k=LogNormal(log(0.5), 1)"' if what == "prior" else f"--{what} A=1.0"
+    given: dict[str, str] = {}
     for item in items or ():
         if "=" not in item:
-            raise UserError(f"--{what} expects NAME=VALUE, got {item!r}; e.g. --{what} A=1.0")
+            raise UserError(f"--{what} expects NAME=VALUE, got {item!r}; e.g. {example}")
         name, value = item.split("=", 1)
         name, value = name.strip(), value.strip()
+        if not name or not value:
+            missing = "name" if not name else "value"
+            raise UserError(f"--{what} {item!r} has no {missing}; write NAME=VALUE, e.g. {example}")
+        if name in given:
+            raise UserError(
+                f"--{what} {name} is given twice ({given[name]!r} and {item!r}); give each name once"
+            )
+        given[name] = item
+        if what == "prior":  # prior text, parsed (never evaluated) by the model builder
+            out[name] = value
+            continue
         try:
             out[name] = float(value)
         except ValueError:
@@ -369,6 +382,21 @@ def _rescue(state: dict, out: Path, result, num_samples: int) -> str:
     return f"the fit's results so far are saved in {str(target)!r}, {what}"
 
 
+def _input_hashes(job) -> list[dict]:
+    """Each file the fit read (data, configuration) with its size and SHA-256, for ``fit.json``."""
+    import hashlib
+
+    config = job.config or {}
+    paths = [config.get("data"), config.get("config_file")]
+    out = []
+    for raw in paths:
+        if not raw or not Path(raw).is_file():
+            continue
+        digest = hashlib.sha256(Path(raw).read_bytes()).hexdigest()
+        out.append({"path": str(Path(raw).resolve()), "bytes": Path(raw).stat().st_size, "sha256": digest})
+    return out
+
+
 def _write_results(job, result, out: Path, *, num_samples: int, started: float, reference=None) -> dict:
     """Write every output into a temporary sibling folder, then move it into place.
 
@@ -424,6 +452,8 @@ def _write_into_place(job, result, out: Path, state: dict, *, num_samples: int, 
         "job": job.describe(),
         "fit": result.settings,
         "seed": result.seed,
+        "inputs": _input_hashes(job),
+        "interrupted": result.settings.get("interrupted"),
         "stop_reason": str(result.stop_reason),
         "num_steps": result.num_steps,
         "elbo": result.elbo,
@@ -464,18 +494,29 @@ def _run(
     started: float,
     nuts_check: bool = False,
     open_report: bool = False,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> int:
     from .. import fit
+    from ..engine.checkpoint import CheckpointError
 
     options = dict(job.fit_options)
     if seed is not None:
         options["seed"] = seed
+    if checkpoint is not None:
+        options.update(checkpoint=str(checkpoint), resume=resume)
     print(f"vifit: {job.title}", flush=True)
     try:
         result = fit(job.model, progress=progress, **options)
+    except CheckpointError as err:
+        raise UserError(str(err)) from err
     except (ValueError, TypeError) as err:
         raise UserError(f"the fit settings are not valid: {err}") from err
+    interrupted = result.settings.get("interrupted")
     reference = None
+    if interrupted and nuts_check:
+        print("vifit: the fit was interrupted, so the NUTS reference check is left out", flush=True)
+        nuts_check = False
     if nuts_check:
 
         def reference():
@@ -502,6 +543,18 @@ def _run(
         import webbrowser
 
         webbrowser.open(report.as_uri())
+    if interrupted:
+        again = (
+            f"continue it with the same command and --checkpoint {checkpoint} --resume"
+            if checkpoint is not None
+            else "run it again to the end (add --checkpoint FILE to be able to resume an interrupted fit)"
+        )
+        print(
+            f"vifit: the fit was stopped by {interrupted} before it finished; the results so far are in {out}/, "
+            f"marked interrupted (verdict: unreliable); {again}",
+            file=sys.stderr,
+        )
+        return EXIT_TERMINATED if interrupted == "SIGTERM" else EXIT_INTERRUPTED
     return 0
 
 
@@ -575,7 +628,16 @@ def _report(source: Path, out_raw: str | None, reference: Path | None, *, force:
             tree.load()
             return tree
         except (OSError, ValueError) as err:
-            raise UserError(f"{str(path)!r} is not an ArviZ netCDF file ({what}): {err}") from err
+            raise UserError(f"{str(path)!r} is not an ArviZ netCDF file ({what}): {_first_line(err)}") from err
+        except Exception as err:  # noqa: BLE001 - a damaged file fails inside the HDF5/netCDF readers in many ways
+            raise UserError(
+                f"{str(path)!r} cannot be read ({what}): the file is damaged or truncated "
+                f"({type(err).__name__}: {_first_line(err)}); write it again with 'vifit fit', or restore a copy"
+            ) from err
+
+    def _first_line(err: BaseException) -> str:
+        text = str(err).strip().splitlines()
+        return text[0] if text else type(err).__name__
 
     tree = load(source, "the result")
     if "posterior" not in _groups(tree):
@@ -658,6 +720,10 @@ def _build_parser() -> argparse.ArgumentParser:
     fitp.add_argument("--stiff", action="store_true", help="use a stiff ODE solver")
     fitp.add_argument("--max-steps", type=int, help="largest number of optimization steps")
     fitp.add_argument("--restarts", type=int, help="independent restarts, compared by the verdict")
+    fitp.add_argument(
+        "--checkpoint", type=Path, metavar="FILE", help="save the fit's state to FILE (periodically and when interrupted)"
+    )
+    fitp.add_argument("--resume", action="store_true", help="continue the fit saved in --checkpoint FILE")
     common(fitp)
     checks(fitp)
 
@@ -713,6 +779,34 @@ def _job_from_args(args, job_class):
     if extra:
         job = type(job)(job.model, dict(job.fit_options, **extra), job.title, job.config)
     return job
+
+
+def _check_checkpoint(args, out: Path, inputs) -> Path | None:
+    """The ``--checkpoint`` file: outside the output folder, not an input, and needed by ``--resume``."""
+    path = getattr(args, "checkpoint", None)
+    if path is None:
+        if getattr(args, "resume", False):
+            raise UserError("--resume continues a saved fit: give its file with --checkpoint FILE")
+        return None
+    path = Path(os.path.abspath(path))
+    if path.is_dir():
+        raise UserError(f"--checkpoint {str(path)!r} is a folder; give a file name, e.g. {str(path / 'fit.ckpt.npz')!r}")
+    if out.resolve() in path.parents or path == out.resolve():
+        raise UserError(
+            f"--checkpoint {str(path)!r} is inside the output folder {str(out)!r}, which is replaced when the results "
+            "are written; put the checkpoint elsewhere"
+        )
+    for item in inputs:
+        if item.exists() and path.exists() and _same_file(item, path):
+            raise UserError(f"--checkpoint {str(path)!r} is an input file of this fit; give another file name")
+    if not path.parent.is_dir():
+        raise UserError(f"the folder of --checkpoint {str(path)!r} does not exist; create it first")
+    if path.exists() and not getattr(args, "resume", False):
+        raise UserError(
+            f"--checkpoint {str(path)!r} already exists; add --resume to continue that fit, or give a new file name "
+            "(vifit does not overwrite it)"
+        )
+    return path
 
 
 def _inputs(args, job) -> list[Path]:
@@ -786,6 +880,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.samples < 10:
             raise UserError(f"--samples must be at least 10, got {args.samples}")
         out = _check_out(out_raw, _inputs(args, job))
+        checkpoint = _check_checkpoint(args, out, _inputs(args, job))
         return _run(
             job,
             out,
@@ -795,6 +890,8 @@ def main(argv: list[str] | None = None) -> int:
             started=started,
             nuts_check=args.nuts,
             open_report=args.open,
+            checkpoint=checkpoint,
+            resume=getattr(args, "resume", False),
         )
     except WriteFailed as err:
         return _write_failed(err, debug)

@@ -185,7 +185,8 @@ class Verdict:
             reason = "; ".join(c.message for c in checks if c.name in ("stopping", "psis", "curvature"))
             advice = ""
         else:
-            worst = [c for c in checks if c.level == level]
+            # An interrupted fit says so first: every other finding is about an unfinished fit.
+            worst = sorted((c for c in checks if c.level == level), key=lambda c: c.name != "interrupted")
             reason = worst[0].message
             advice = next((c.advice for c in worst if c.advice), "")
         return cls(level=level, reason=reason, advice=advice, checks=checks, **stats)

@@ -18,6 +18,7 @@ def test_every_example_is_tested():
         "choosing_a_guide",
         "engine_tour",
         "real_experiments",
+        "interrupt_and_resume",
         # run by their own test files at small size:
         "mixture_gumbel_softmax",  # tests/vi_models/test_relaxed.py
         "reactor_decision",  # tests/inference/test_decisions.py
@@ -25,6 +26,13 @@ def test_every_example_is_tested():
         "single_cell_phase",  # tests/vi_models/test_vae.py
         "ssa_surrogate",  # tests/vi_models/test_gillespie.py
     }
+
+
+def test_interrupt_and_resume_example(tmp_path, load_example):
+    out = load_example("interrupt_and_resume").main(small=True, folder=str(tmp_path))
+    assert out["interrupted"] == "SIGINT" and 0 < out["stopped_steps"] < 8000
+    assert out["stopped_level"] == "unreliable"
+    assert out["resumed_steps"] == 8000 and out["bit_equal"]
 
 
 def test_bod_example(load_example):

@@ -415,3 +415,28 @@ def test_result_folders_follow_the_umask(fitted, replaced):
     assert stat.S_IMODE((fitted[1] / "plots").stat().st_mode) == 0o755
     assert replaced[2].returncode == 0, replaced[2].stderr
     assert stat.S_IMODE(replaced[1].stat().st_mode) == 0o750
+
+
+def test_a_full_disk_while_writing_gives_a_sentence_and_loses_nothing(fitted, tmp_path):
+    out = copy_of(fitted, tmp_path)
+    before = snapshot(out)
+    write_decay(tmp_path / "decay.csv")
+    action = "raise OSError(28, 'No space left on device', str(path))"
+    proc = vifit("fit", "decay.csv", *DECAY, *FAST, "--out", "R", cwd=tmp_path, action=action)
+    assert proc.returncode == 2, proc.stderr
+    assert "No space left on device" in proc.stderr and "Traceback" not in proc.stderr
+    assert snapshot(out) == before  # the earlier result is untouched
+    (rescue,) = rescues(tmp_path)
+    assert repr(str(rescue)) in proc.stderr and (rescue / "posterior.nc").stat().st_size > 0
+    assert leftovers(tmp_path) == []
+
+
+def test_the_same_inputs_and_seed_give_the_same_numbers(fitted, tmp_path):
+    write_decay(tmp_path / "decay.csv")
+    proc = vifit("fit", "decay.csv", *DECAY, *FAST, "--out", "again", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "again" / "summary.csv").read_bytes() == (fitted[1] / "summary.csv").read_bytes()
+    first, second = (json.loads((folder / "fit.json").read_text()) for folder in (fitted[1], tmp_path / "again"))
+    assert first["posterior"] == second["posterior"] and first["elbo"] == second["elbo"]
+    assert first["inputs"][0]["sha256"] == second["inputs"][0]["sha256"]
+    assert {"versions", "seed", "fit", "timings"} <= set(first)

@@ -25,11 +25,16 @@ Families
 ``low_rank``
     :math:`u = \mu + W \epsilon_1 + D^{1/2} \epsilon_2`: covariance :math:`W W^T + D` with rank
     ``r`` (Ong, Nott & Smith 2018); ``d + r`` noise dimensions.
-``iaf``
+``multivariate_t``
+    Full-rank multivariate Student-t: :math:`u = \mu + L t` with :math:`t \sim t_\nu(0, I)`
+    (:math:`\nu = 5` by default), drawn as :math:`t = z / \sqrt{w}`, :math:`w = \sum_{i \le \nu}
+    g_i^2 / \nu` from ``d + nu`` standard normals: heavy tails for posteriors from sparse data.
+``iaf``, ``iaf_t``
     An inverse autoregressive flow (Kingma et al. 2016) on whitened coordinates:
     :math:`u = \mu + L f(\epsilon)` with :math:`f` two affine autoregressive layers (NumPyro's
     ``AutoregressiveNN``) started at the identity, so the flow starts exactly at the Gaussian
-    ``(mu, L)`` it is given and learns the non-Gaussian part.
+    ``(mu, L)`` it is given and learns the non-Gaussian part. ``iaf_t`` puts the flow on a
+    Student-t base (Jaini et al. 2020) for heavy tails a Gaussian base cannot reach.
 
 References
 ----------
@@ -41,6 +46,9 @@ factor covariance structure. J. Comput. Graph. Stat. 27(3), 465-478.
 
 Kingma, D. P., Salimans, T., Jozefowicz, R., Chen, X., Sutskever, I. and Welling, M. (2016).
 Improved variational inference with inverse autoregressive flow. NeurIPS.
+
+Jaini, P., Kobyzev, I., Yu, Y. and Brubaker, M. (2020). Tails of Lipschitz triangular flows.
+ICML.
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 class Family(NamedTuple):
-    """A guide family over the flat vector (see the module docstring).
+    r"""A guide family over the flat vector (see the module docstring).
 
     Attributes
     ----------
@@ -71,6 +79,13 @@ class Family(NamedTuple):
         ``sample(params, eps (n, noise_dim)) -> (u (n, d), log_q (n,))``.
     moments : callable
         ``moments(params) -> (mean (d,), cov (d, d))``; for flows, of the Gaussian it is built on.
+    push : callable or None
+        ``push(params, x (n, d)) -> (u (n, d), log_det (n,))``: the family's bijection
+        :math:`T_\phi` from its ``d``-dimensional base variable to ``u``, with
+        :math:`\log\lvert\det \partial T_\phi / \partial x\rvert` (the transport map of the exact
+        stage, :mod:`inference.engine.transport`); None where there is none (``low_rank``).
+    base : str
+        The base distribution: ``"normal"`` or ``"student_t"``.
     """
 
     name: str
@@ -78,6 +93,8 @@ class Family(NamedTuple):
     init: Callable
     sample: Callable
     moments: Callable
+    push: Callable | None = None
+    base: str = "normal"
 
 
 def _std_normal_logpdf(eps):
@@ -86,6 +103,29 @@ def _std_normal_logpdf(eps):
 
 def _inv_softplus(x):
     return jnp.log(jnp.expm1(x))
+
+
+def _student_t_base(eps, d: int, df: int):
+    r"""Student-t draws from standard normal noise: ``eps (n, d + df)`` to ``(t (n, d), log t_df(t))``.
+
+    :math:`t = z / \sqrt{w}` with :math:`z` the first ``d`` columns and :math:`w = \sum_i g_i^2 / \nu`
+    from the last :math:`\nu` (an integer): exactly multivariate :math:`t_\nu(0, I)`, a
+    reparameterized map of parameter-free noise.
+    """
+    z, g = eps[:, :d], eps[:, d:]
+    w = jnp.sum(g**2, axis=-1) / df
+    t = z / jnp.sqrt(w)[:, None]
+    return t, _student_t_logpdf(t, df)
+
+
+def _student_t_logpdf(t, df: int):
+    d = t.shape[-1]
+    return (
+        jax.scipy.special.gammaln((df + d) / 2)
+        - jax.scipy.special.gammaln(df / 2)
+        - 0.5 * d * jnp.log(df * jnp.pi)
+        - 0.5 * (df + d) * jnp.log1p(jnp.sum(t**2, axis=-1) / df)
+    )
 
 
 # -- mean-field -----------------------------------------------------------------------------------
@@ -103,7 +143,11 @@ def _normal(d: int) -> Family:
         sd = jax.nn.softplus(params["scale"])
         return params["loc"], jnp.diag(sd**2)
 
-    return Family("normal", d, init, sample, moments)
+    def push(params, x):
+        sd = jax.nn.softplus(params["scale"])
+        return params["loc"] + sd * x, jnp.full(x.shape[0], jnp.sum(jnp.log(sd)))
+
+    return Family("normal", d, init, sample, moments, push)
 
 
 # -- full rank ------------------------------------------------------------------------------------
@@ -112,7 +156,9 @@ def _tril(params, d):
     return off + jnp.diag(jax.nn.softplus(params["diag"]))
 
 
-def _multivariate_normal(d: int) -> Family:
+def _multivariate_normal(d: int, df: int | None = None) -> Family:
+    """Full-rank Gaussian, or with ``df`` a full-rank multivariate Student-t (``u = mu + L t``)."""
+
     def init(loc, scale_tril, key):
         return {
             "loc": jnp.asarray(loc),
@@ -122,14 +168,26 @@ def _multivariate_normal(d: int) -> Family:
 
     def sample(params, eps):
         L = _tril(params, d)
-        u = params["loc"] + eps @ L.T
-        return u, _std_normal_logpdf(eps) - jnp.sum(jnp.log(jnp.diag(L)))
+        if df is None:
+            x, log_base = eps, _std_normal_logpdf(eps)
+        else:
+            x, log_base = _student_t_base(eps, d, df)
+        u = params["loc"] + x @ L.T
+        return u, log_base - jnp.sum(jnp.log(jnp.diag(L)))
 
     def moments(params):
         L = _tril(params, d)
-        return params["loc"], L @ L.T
+        # The t's covariance is df / (df - 2) L L^T (for df > 2); the Gaussian's is L L^T.
+        factor = 1.0 if df is None else (df / (df - 2.0) if df > 2 else jnp.inf)
+        return params["loc"], factor * (L @ L.T)
 
-    return Family("multivariate_normal", d, init, sample, moments)
+    def push(params, x):
+        L = _tril(params, d)
+        return params["loc"] + x @ L.T, jnp.full(x.shape[0], jnp.sum(jnp.log(jnp.diag(L))))
+
+    if df is None:
+        return Family("multivariate_normal", d, init, sample, moments, push)
+    return Family("multivariate_t", d + df, init, sample, moments, push, "student_t")
 
 
 # -- low rank -------------------------------------------------------------------------------------
@@ -169,7 +227,7 @@ def _low_rank(d: int, rank: int) -> Family:
 
 
 # -- inverse autoregressive flow --------------------------------------------------------------------
-def _iaf(d: int, num_flows: int = 2, hidden_dims=None) -> Family:
+def _iaf(d: int, num_flows: int = 2, hidden_dims=None, df: int | None = None) -> Family:
     from jax.example_libraries import stax
     from numpyro.nn import AutoregressiveNN
 
@@ -214,14 +272,23 @@ def _iaf(d: int, num_flows: int = 2, hidden_dims=None) -> Family:
         return x, logdet
 
     def sample(params, eps):
-        # Change of variables from the base noise: u = loc + L f(eps).
-        x, logdet = flow(params, eps)
+        # Change of variables from the base variable: u = loc + L f(x), x standard normal or t.
+        if df is None:
+            base, log_base = eps, _std_normal_logpdf(eps)
+        else:
+            base, log_base = _student_t_base(eps, d, df)
+        x, logdet = flow(params, base)
         L = _tril(params, d)
         u = params["loc"] + x @ L.T
-        return u, _std_normal_logpdf(eps) - logdet - jnp.sum(jnp.log(jnp.diag(L)))
+        return u, log_base - logdet - jnp.sum(jnp.log(jnp.diag(L)))
 
     def moments(params):
         return mvn.moments(params)
+
+    def push(params, base):
+        x, logdet = flow(params, base)
+        L = _tril(params, d)
+        return params["loc"] + x @ L.T, logdet + jnp.sum(jnp.log(jnp.diag(L)))
 
     def init_identity(loc, scale_tril, key):
         params = init(loc, scale_tril, key)
@@ -231,10 +298,15 @@ def _iaf(d: int, num_flows: int = 2, hidden_dims=None) -> Family:
         params["diag"] = _inv_softplus(jax.nn.softplus(params["diag"]) / g)
         return params
 
-    return Family("iaf", d, init_identity, sample, moments)
+    if df is None:
+        return Family("iaf", d, init_identity, sample, moments, push)
+    return Family("iaf_t", d + df, init_identity, sample, moments, push, "student_t")
 
 
-FAMILIES = ("normal", "multivariate_normal", "low_rank", "iaf")
+FAMILIES = ("normal", "multivariate_normal", "multivariate_t", "low_rank", "iaf", "iaf_t")
+
+#: Degrees of freedom of the Student-t base of ``multivariate_t`` and ``iaf_t`` by default.
+DEFAULT_DF = 5
 
 
 def make_family(name: str, d: int, options: dict | None = None) -> Family:
@@ -247,20 +319,28 @@ def make_family(name: str, d: int, options: dict | None = None) -> Family:
     d : int
     options : dict, optional
         ``rank`` (``low_rank``; ``round(sqrt(d))`` by default), ``num_flows`` and ``hidden_dims``
-        (``iaf``).
+        (``iaf``, ``iaf_t``), ``df`` (``multivariate_t``, ``iaf_t``: degrees of freedom of the
+        Student-t base, an integer, 5 by default).
     """
     options = dict(options or {})
     if name == "normal":
         return _normal(d)
     if name == "multivariate_normal":
         return _multivariate_normal(d)
+    if name in ("multivariate_t", "iaf_t"):
+        df = options.get("df", DEFAULT_DF)
+        if isinstance(df, bool) or not isinstance(df, (int, np.integer)) or not 1 <= df <= 100:
+            raise ValueError(f"df of the {name!r} guide is an integer from 1 to 100 (degrees of freedom), got {df!r}")
+        if name == "multivariate_t":
+            return _multivariate_normal(d, int(df))
     if name == "low_rank":
         rank = int(options.get("rank") or max(1, round(math.sqrt(d))))
         if not 1 <= rank <= d:
             raise ValueError(f"rank must be between 1 and the latent dimension {d}, got {rank}")
         return _low_rank(d, rank)
-    if name == "iaf":
+    if name in ("iaf", "iaf_t"):
         if d < 2:
-            raise ValueError("the 'iaf' guide needs at least two latent dimensions; use 'multivariate_normal'")
-        return _iaf(d, int(options.get("num_flows", 2)), options.get("hidden_dims"))
+            raise ValueError(f"the {name!r} guide needs at least two latent dimensions; use 'multivariate_normal'")
+        df = int(options.get("df", DEFAULT_DF)) if name == "iaf_t" else None
+        return _iaf(d, int(options.get("num_flows", 2)), options.get("hidden_dims"), df)
     raise ValueError(f"no flat guide family named {name!r}; the families are {', '.join(FAMILIES)}")

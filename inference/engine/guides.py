@@ -363,7 +363,10 @@ ALIASES = {
     "map": "delta",
 }
 
-GUIDE_NAMES = tuple(GUIDES) + ("auto",)
+FLAT_ONLY_GUIDES = ("multivariate_t", "iaf_t")
+"""Guides only the flat engine fits (Student-t bases; :mod:`inference.engine.families`)."""
+
+GUIDE_NAMES = tuple(GUIDES) + FLAT_ONLY_GUIDES + ("auto",)
 """Every name ``fit`` accepts for ``guide``."""
 
 
@@ -371,9 +374,13 @@ def canonical_name(guide: str) -> str:
     """The canonical name of a guide name or alias; a sentence when it is unknown."""
     key = guide.lower().replace("-", "_").replace(" ", "_")
     key = ALIASES.get(key, key)
-    if key not in GUIDES and key != "auto":
+    if key not in GUIDE_NAMES:
+        import difflib
+
+        close = difflib.get_close_matches(key, list(GUIDE_NAMES) + list(ALIASES), n=1)
+        hint = f"did you mean {ALIASES.get(close[0], close[0])!r}? " if close else ""
         raise ValueError(
-            f"unknown guide {guide!r}; use one of {', '.join(GUIDE_NAMES)} (aliases: {', '.join(ALIASES)}) "
+            f"unknown guide {guide!r}; {hint}use one of {', '.join(GUIDE_NAMES)} (aliases: {', '.join(ALIASES)}) "
             "or pass a NumPyro guide"
         )
     return key
@@ -382,6 +389,8 @@ def canonical_name(guide: str) -> str:
 GUIDE_OPTIONS = {
     "low_rank": ("rank",),
     "iaf": ("num_flows", "hidden_dims"),
+    "iaf_t": ("num_flows", "hidden_dims", "df"),
+    "multivariate_t": ("df",),
     "bnaf": ("num_flows", "hidden_factors"),
 }
 """Options each named guide takes (``fit(..., guide_options={...})``)."""
@@ -429,6 +438,11 @@ def make_guide(
     key = canonical_name(guide)
     if key == "auto":
         raise ValueError("guide='auto' is a strategy, not one guide; call inference.fit(model, guide='auto')")
+    if key in FLAT_ONLY_GUIDES:
+        raise ValueError(
+            f"the {key!r} guide is fitted on the flat engine only: use it with the plain ELBO, without a guide object, "
+            "schedules, minibatch plates or discrete sites"
+        )
     allowed = GUIDE_OPTIONS.get(key, ())
     unknown = sorted(set(options) - set(allowed))
     if unknown:

@@ -32,7 +32,7 @@ from dataclasses import replace
 import numpy as np
 from scipy.special import gammaln
 
-__all__ = ["student_t_proposal", "importance_resampled", "MIN_ESS", "MIN_ESS_FRACTION"]
+__all__ = ["student_t_proposal", "mixture_proposal", "importance_resampled", "MIN_ESS", "MIN_ESS_FRACTION"]
 
 #: Smallest effective sample size of the weights for resampled draws to stand in for the guide,
 #: and the smallest fraction of the draws it must be (a proposal far from the posterior wastes
@@ -62,6 +62,35 @@ def student_t_proposal(loc: np.ndarray, scale_tril: np.ndarray, df: float, n: in
     return u, log_q
 
 
+def mixture_proposal(components, log_shares, df: float, n: int, seed: int):
+    r"""``n`` draws of a mixture of Student-t components with their log densities: ``(u, log_q, which)``.
+
+    ``components`` is a list of ``(loc (d,), scale_tril (d, d))``, ``log_shares`` their log
+    mixture weights (normalized here); ``which`` (``(n,)``) is the component each draw came from.
+    :math:`q(u) = \sum_m \pi_m\, t_\nu(u; \mu_m, L_m L_m^T)`.
+    """
+    rng = np.random.default_rng(seed)
+    log_shares = np.asarray(log_shares, dtype=float)
+    shares = np.exp(log_shares - np.max(log_shares))
+    shares = shares / shares.sum()
+    which = rng.choice(len(components), size=n, p=shares)
+    d = components[0][0].size
+    u = np.empty((n, d))
+    for m, (loc, tril) in enumerate(components):
+        idx = np.flatnonzero(which == m)
+        if idx.size:
+            u[idx] = student_t_proposal(loc, tril, df, idx.size, seed + 101 + m)[0]
+    parts = [np.log(shares[m]) + _student_t_logpdf(u, loc, tril, df) for m, (loc, tril) in enumerate(components)]
+    return u, np.logaddexp.reduce(np.stack(parts), axis=0), which
+
+
+def _student_t_logpdf(u, loc, scale_tril, df):
+    d = loc.size
+    maha = np.sum(np.linalg.solve(scale_tril, (u - loc).T) ** 2, axis=0)
+    log_det = np.sum(np.log(np.abs(np.diag(scale_tril))))
+    return gammaln((df + d) / 2) - gammaln(df / 2) - 0.5 * d * np.log(df * np.pi) - log_det - 0.5 * (df + d) * np.log1p(maha / df)
+
+
 def _acceptable(diagnosis) -> bool:
     from ..checks.diagnostics import KHAT_OK, UNRELIABLE
 
@@ -71,7 +100,7 @@ def _acceptable(diagnosis) -> bool:
     return all(c.level != UNRELIABLE for c in diagnosis.verdict.checks if c.name not in ("psis", "curvature"))
 
 
-def _resampled_result(result, diagnosis, u, log_q, weights, shift, source: str):
+def _resampled_result(result, diagnosis, u, log_q, weights, shift, source: str, modes_found: int = 0):
     """The result drawing from ``(u, weights)``, with the PSIS and curvature checks made for those draws."""
     from ..checks.diagnostics import RELIABLE, Check, Verdict, check_curvature_flat
 
@@ -96,7 +125,13 @@ def _resampled_result(result, diagnosis, u, log_q, weights, shift, source: str):
         if check.name == "psis":
             checks.append(psis_check)
         elif check.name == "curvature":
-            checks.append(check_curvature_flat(resampled, labels, target.hessian, result.guide_name))
+            if modes_found:
+                # Draws from several optima: curvature at one centre says nothing about them.
+                checks.append(Check("curvature", RELIABLE, f"not applicable: the draws span {modes_found} optima"))
+            else:
+                checks.append(check_curvature_flat(resampled, labels, target.hessian, result.guide_name))
+        elif check.name == "modes" and modes_found:
+            checks.append(Check("modes", RELIABLE, f"the {modes_found} separate optima are all in the draws: {source}"))
         else:
             checks.append(check)
     verdict = Verdict.from_checks(checks, khat=weights.khat, khat_draws=u.shape[0], ess=weights.ess)
@@ -107,7 +142,7 @@ def _resampled_result(result, diagnosis, u, log_q, weights, shift, source: str):
     return new, corrected
 
 
-def importance_resampled(result, diagnosis, *, df: float = 5.0):
+def importance_resampled(result, diagnosis, *, df: float = 5.0, modes=None):
     """The result with importance-resampled draws, or None when no proposal gives usable weights.
 
     Parameters
@@ -118,6 +153,11 @@ def importance_resampled(result, diagnosis, *, df: float = 5.0):
         Its verdict, computed on the flat engine (its draws and weights are reused).
     df : float
         Degrees of freedom of the Student-t proposal.
+    modes : list of (ndarray (d,), ndarray (d, d), float), optional
+        Separate optima of the posterior that hold non-negligible mass (location, Laplace factor,
+        log Laplace mass), as the MAP stage found them. With two or more, a mixture of Student-t
+        components over them (weighted by their Laplace masses) is tried first: a guide fitted
+        to one mode cannot show the others, and its own weights cannot either.
 
     Returns
     -------
@@ -128,12 +168,27 @@ def importance_resampled(result, diagnosis, *, df: float = 5.0):
     if diagnosis.flat is None or result.posterior is None:
         return None
     u, log_q = diagnosis.flat
+    labels = result.posterior.target.layout.labels()
+    if modes is not None and len(modes) > 1:
+        components = [(np.asarray(loc), np.asarray(tril)) for loc, tril, _ in modes]
+        m_u, m_log_q, which = mixture_proposal(components, [lm for _, _, lm in modes], df, u.shape[0], result.seed + 7)
+        log_p = result.posterior.target.log_density(m_u)
+        _, weights, shift = check_psis(log_p, m_log_q, {lab: m_u[:, j] for j, lab in enumerate(labels)}, labels)
+        trial = replace(diagnosis, psis=weights, shift=shift)
+        if _acceptable(trial):
+            w = np.exp(weights.log_weights)
+            shares = np.array([w[which == m].sum() for m in range(len(modes))])
+            source = (
+                f"a mixture of Student-t components (df {df:g}) over the {len(modes)} optima the MAP stage found, "
+                f"holding {', '.join(f'{s:.0%}' for s in shares / shares.sum())} of the posterior mass"
+            )
+            return _resampled_result(result, diagnosis, m_u, m_log_q, weights, shift, source, modes_found=len(modes))
+        return None
     if _acceptable(diagnosis):
         return _resampled_result(result, diagnosis, u, log_q, diagnosis.psis, diagnosis.shift, "the guide")
-    if result.posterior.family.name == "iaf":
+    if result.posterior.family.name.startswith("iaf"):
         return None
     # A Student-t around the guide's Gaussian: the same bulk, heavier tails.
-    labels = result.posterior.target.layout.labels()
     weighted = np.exp(diagnosis.psis.log_weights) if np.isfinite(diagnosis.psis.khat) else None
     mean = u.mean(axis=0)
     cov = np.cov(u, rowvar=False).reshape(u.shape[1], u.shape[1])

@@ -14,6 +14,16 @@ from .stopping import StopReason, final_window
 __all__ = ["FitResult", "Timings", "Summary", "subsampled_plates"]
 
 
+def _seed(seed):
+    """``seed`` as an int (or None); a sentence when it is not a whole number."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer (or None for the fit's seed plus one), got {seed!r}")
+    return int(seed)
+
+
+
 def subsampled_plates(model, args=(), kwargs=None) -> dict:
     """Plates of ``model`` that draw a random subsample of their points on each run.
 
@@ -289,13 +299,25 @@ class FitResult:
 
         self.require_full_data("FitResult.sample")
         num_samples = positive_int("num_samples", num_samples)
-        r = self.best_restart if restart is None else int(restart)
+        seed = _seed(seed)
+        r = self.best_restart if restart is None else self._restart(restart)
         if self.posterior is not None:
             draws = self.posterior.model_draws(r, self.seed + 1 if seed is None else int(seed), num_samples)
             return {name: draws.latent[name] for name in self.latent_sites}
         params = jax.tree.map(lambda v: v[r], self.restart_params)
         key = jax.random.PRNGKey(self.seed + 1 if seed is None else seed)
         return sample_guide(self.guide, params, key, int(num_samples), self.model_args, self.model_kwargs)
+
+    def _restart(self, restart) -> int:
+        """``restart`` as the index of a restart; a sentence when it is not one."""
+        if isinstance(restart, bool) or not isinstance(restart, (int, np.integer)):
+            raise TypeError(f"restart must be the index of a restart (an int), got {restart!r}")
+        if not 0 <= restart < self.num_restarts:
+            raise ValueError(
+                f"restart={restart} is out of range: this fit has {self.num_restarts} restart"
+                f"{'s' if self.num_restarts != 1 else ''}, numbered 0 to {self.num_restarts - 1}"
+            )
+        return int(restart)
 
     def sample_restarts(self, num_samples: int = 1000, *, seed: int | None = None) -> dict:
         """Draw ``num_samples`` from every restart: each site with shape ``(R, n, *site_shape)``."""
@@ -322,6 +344,8 @@ class FitResult:
         """Every check of the fit, with the draws they used (cached; see :func:`inference.diagnose`)."""
         from ..checks.diagnostics import diagnose
 
+        num_samples = positive_int("num_samples", num_samples)
+        seed = _seed(seed)
         key = ("diagnosis", num_samples, seed)
         if key not in self._cache:
             self._cache[key] = diagnose(self, num_samples, seed=seed)
@@ -354,6 +378,8 @@ class FitResult:
         from ..checks.diagnostics import KHAT_OK, psis_resample
 
         self.require_full_data("FitResult.sample_psis")
+        num_samples = positive_int("num_samples", num_samples)
+        seed = _seed(seed)
         diagnosis = self._cache.get("last_diagnosis") or self.diagnose()
         khat = diagnosis.psis.khat
         if not khat <= KHAT_OK:
@@ -379,6 +405,8 @@ class FitResult:
         from ..outputs.arviz_export import summary_table
 
         self.require_full_data("FitResult.summary")
+        num_samples = positive_int("num_samples", num_samples)
+        seed = _seed(seed)
 
         key = ("summary", num_samples, seed, verdict)
         if key not in self._cache:

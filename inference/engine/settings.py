@@ -118,6 +118,14 @@ class FitSettings:
         for name in ("min_steps", "max_steps"):
             if getattr(self, name) is not None:
                 positive_int(name, getattr(self, name))
+        if isinstance(self.guide, str):
+            from .guides import canonical_name
+
+            canonical_name(self.guide)
+        elif self.guide is None or not callable(self.guide):
+            raise TypeError(
+                f"guide must be a guide name such as 'auto' or 'multivariate_normal', or a NumPyro guide, got {self.guide!r}"
+            )
         if isinstance(self.objective, str):
             from .objectives import make_objective
 

@@ -91,6 +91,10 @@ def summary_table(data, *, var_names=None, kind: str = "stats", hdi_prob: float 
     """
     import arviz_stats
 
+    if isinstance(hdi_prob, bool) or not isinstance(hdi_prob, (int, float, np.floating)) or not 0 < hdi_prob < 1:
+        raise ValueError(f"hdi_prob is the mass of the interval, a number between 0 and 1 (e.g. 0.94), got {hdi_prob!r}")
+    if kind not in ("stats", "all"):
+        raise ValueError(f"kind must be 'stats' or 'all', got {kind!r}")
     if isinstance(data, dict):
         import arviz_base
 
@@ -275,7 +279,11 @@ def to_arviz(result, num_samples: int = 1000, *, seed: int | None = None, verdic
 
     result.require_full_data("to_arviz")
 
-    n = int(num_samples)
+    from ..engine.settings import positive_int
+
+    n = positive_int("num_samples", num_samples)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise TypeError(f"seed must be an integer (or None for the fit's seed plus one), got {seed!r}")
     key = jax.random.PRNGKey(result.seed + 1 if seed is None else seed)
     k_post, k_prior, k_pred = jax.random.split(key, 3)
     flat = getattr(result, "posterior", None)

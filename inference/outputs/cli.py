@@ -623,17 +623,32 @@ def _report(source: Path, out_raw: str | None, reference: Path | None, *, force:
         raise UserError(f"--reference {str(reference)!r} is not a file; give a netCDF file such as reference.nc")
 
     def load(path: Path, what: str):
+        import gc
+
+        # A damaged file leaves half-opened readers behind whose clean-up fails when they are
+        # collected, printing "Exception ignored ... Traceback": the error is kept as a sentence
+        # only, the readers are collected here, and that noise is dropped.
+        hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
+        message = None
         try:
             tree = az.from_netcdf(str(path))
             tree.load()
-            return tree
         except (OSError, ValueError) as err:
-            raise UserError(f"{str(path)!r} is not an ArviZ netCDF file ({what}): {_first_line(err)}") from err
+            detail = _first_line(err)
+            if "IO backends" in detail:  # xarray's word for a file in no format it knows
+                detail = "its contents are not in the netCDF (HDF5) format; give the posterior.nc written by 'vifit fit'"
+            message = f"{str(path)!r} is not an ArviZ netCDF file ({what}): {detail}"
         except Exception as err:  # noqa: BLE001 - a damaged file fails inside the HDF5/netCDF readers in many ways
-            raise UserError(
+            message = (
                 f"{str(path)!r} cannot be read ({what}): the file is damaged or truncated "
                 f"({type(err).__name__}: {_first_line(err)}); write it again with 'vifit fit', or restore a copy"
-            ) from err
+            )
+        finally:
+            gc.collect()
+            sys.unraisablehook = hook
+        if message is not None:
+            raise UserError(message)
+        return tree
 
     def _first_line(err: BaseException) -> str:
         text = str(err).strip().splitlines()

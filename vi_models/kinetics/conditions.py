@@ -409,6 +409,13 @@ def resolve_doses(doses, species: Sequence[str], conditions: Conditions, data: D
                 return np.full(E, float(value))
             except ValueError:
                 return conditions.numeric(value, what=what)
+        items = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+        for x in items:
+            if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
+                raise TypeError(
+                    f"{what} is {value!r}; give a number, the name of a numeric condition, or one number "
+                    f"per experiment ({E})"
+                )
         arr = np.asarray(value, dtype=float)
         if arr.ndim == 0:
             return np.full(E, float(arr))
@@ -433,6 +440,12 @@ def resolve_doses(doses, species: Sequence[str], conditions: Conditions, data: D
             )
         if not np.all(np.isfinite(a)):
             raise ValueError(f"{what} has a missing amount; give every experiment a number")
+        if np.any(a < 0):
+            e = int(np.flatnonzero(a < 0)[0])
+            raise ValueError(
+                f"{what} has the negative amount {a[e]:g} in experiment {data.experiments[e]!r}; a dose adds an "
+                "amount, so give a number at least 0"
+            )
         times.append(t)
         amounts.append(a)
         index.append(np.full(E, species.index(d.species)))

@@ -440,7 +440,15 @@ class Dataset:
             For a missing, empty or malformed file; the message names the line and
             column and says how to fix it.
         """
+        if not isinstance(path, (str, os.PathLike)):
+            raise DataError(
+                f"the data must be the path of a CSV file (str or pathlib.Path) or a Dataset, "
+                f"got {type(path).__name__}; for arrays in memory use "
+                "Dataset.from_arrays(times, {'A': values})."
+            )
         source = os.fspath(path)
+        if isinstance(source, bytes):
+            source = os.fsdecode(source)
         header_line, header, rows = _read_csv(source)
         layout = _Layout.from_header(header, header_line, source)
         parse = _parse_long if layout.long else _parse_wide
@@ -555,7 +563,7 @@ class Dataset:
             vals = np.full((n, len(names)), np.nan)
             if isinstance(v, Mapping):
                 for s, col in v.items():
-                    col = np.asarray(col, dtype=np.float64)
+                    col = _as_float(col, f"{where(e)}[{s!r}]")
                     if col.shape != (n,):
                         raise DataError(
                             f"{where(e)}[{s!r}] has shape {col.shape} but "
@@ -649,6 +657,53 @@ class Dataset:
                 f"{_names(list(known))}. Rename them or add them to {what}."
             )
         raise DataError(" ".join(parts), source=self.source)
+
+    def require_positive(
+        self, species: Sequence[str] | None = None, *, why: str, fix: str
+    ) -> None:
+        """Refuse a zero or negative observed value of ``species`` (all by default).
+
+        Parameters
+        ----------
+        species : sequence of str, optional
+            The columns that must be positive.
+        why : str
+            What needs positive values, e.g. ``"noise 'lognormal'"``.
+        fix : str
+            What to do instead, e.g. ``"use noise 'normal' or 'proportional'"``.
+
+        Raises
+        ------
+        DataError
+            Naming the first such value: file, line and column for data read from
+            a file, else experiment, time and species.
+        """
+        names = list(self.species if species is None else species)
+        cols = [self.species.index(s) for s in names if s in self.species]
+        bad = np.zeros(self.mask.shape, dtype=bool)
+        with np.errstate(invalid="ignore"):
+            bad[..., cols] = self.mask[..., cols] & (self.values[..., cols] <= 0)
+        if not bad.any():
+            return
+        found = _find_nonpositive_cell(self.source, [self.species[j] for j in cols])
+        if found is not None:
+            line, column, cell = found
+            raise DataError(
+                f"{self.source}, line {line}, column {column!r}: the value {cell} is not positive, "
+                f"and {why} needs positive measurements; {fix}.",
+                source=self.source,
+                line=line,
+                column=column,
+            )
+        e, i, j = (int(k) for k in np.argwhere(bad)[0])
+        src = f" of {self.source}" if self.source else ""
+        raise DataError(
+            f"the value {_fmt(float(self.values[e, i, j]))} of species {self.species[j]!r} at time "
+            f"{_fmt(float(self.times[e, i]))} in experiment {self.experiments[e]!r}{src} is not "
+            f"positive, and {why} needs positive measurements; {fix}.",
+            source=self.source,
+            column=self.species[j],
+        )
 
     def experiment(self, e: int | str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return one experiment's data without padding.
@@ -786,6 +841,26 @@ def _normalise_initial(
 
 
 def _as_float(x: Any, name: str) -> np.ndarray:
+    try:
+        raw = np.asarray(x)
+    except (TypeError, ValueError):  # ragged nested lists
+        raw = None
+    kind = raw.dtype.kind if raw is not None else "O"
+    what = {"b": "True/False values", "c": "complex numbers", "U": "text", "S": "bytes", "M": "dates",
+            "m": "time differences", "V": "records"}.get(kind)
+    if what is None and kind == "O":
+        bad = next((v for v in raw.ravel() if isinstance(v, (str, bytes, bool, np.bool_))), None) if raw is not None else None
+        if isinstance(bad, (str, bytes)):
+            what = "text"
+        elif bad is not None:
+            what = "True/False values"
+    if what is not None:
+        first = raw.ravel()[0] if raw is not None and raw.size else x
+        first = first.item() if isinstance(first, np.generic) else first
+        raise DataError(
+            f"{name} holds {what} (such as {first!r}), not numbers; pass an array of "
+            "numbers (NaN where not measured), converting text with float() first."
+        )
     try:
         return np.array(x, dtype=np.float64)
     except (TypeError, ValueError):
@@ -939,6 +1014,40 @@ def _read_csv(source: str) -> tuple[int, list[str], list[tuple[int, list[str]]]]
             line=header_line,
         )
     return header_line, header, rows
+
+
+def _find_nonpositive_cell(source: str | None, species: list[str]) -> tuple[int, str, str] | None:
+    """(line, column name, cell) of the first zero or negative value of ``species`` in the file ``source``."""
+    if not source or not pathlib.Path(source).is_file():
+        return None
+    try:
+        header_line, header, rows = _read_csv(source)
+        layout = _Layout.from_header(header, header_line, source)
+    except (DataError, OSError):
+        return None
+
+    def value(cell: str) -> float | None:
+        try:
+            x = float(cell)
+        except ValueError:
+            return None
+        return x if math.isfinite(x) else None
+
+    for line, cells in rows:
+        if len(cells) != len(header):
+            continue
+        if layout.long:
+            if cells[layout.species_col] in species:
+                x = value(cells[layout.value_col])
+                if x is not None and x <= 0:
+                    return line, header[layout.value_col], cells[layout.value_col]
+            continue
+        for c in layout.species_cols:
+            if header[c] in species:
+                x = value(cells[c])
+                if x is not None and x <= 0:
+                    return line, header[c], cells[c]
+    return None
 
 
 @dataclasses.dataclass

@@ -42,6 +42,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
 
+from .arguments import check_builder_arguments
 from .conditions import (
     Conditions,
     TemperatureLaw,
@@ -626,6 +627,22 @@ def build(
     temperature="T",
 ) -> ExperimentModel:
     """Build an :class:`ExperimentModel`; the arguments are those of :func:`vi_models.kinetics.model`."""
+    check_builder_arguments(
+        dataset=dataset, priors=priors, initial=initial, solver=solver, noise=noise, conditions=conditions
+    )
+    for name, value in (("observables", observables), ("hierarchy", hierarchy)):
+        if value is not None and not isinstance(value, Mapping):
+            example = "{'A280': 'eps_A * A + base'}" if name == "observables" else "{'k': 'subject'}"
+            raise TypeError(f"{name} must be a mapping, e.g. {name}={example}, got {type(value).__name__} {value!r}")
+    if T_ref is not None and (
+        isinstance(T_ref, bool) or not isinstance(T_ref, (int, float, np.integer, np.floating))
+        or not (math.isfinite(T_ref) and T_ref > 0)
+    ):
+        raise ValueError(f"T_ref is the reference temperature in kelvin, a positive number such as 298.15; got {T_ref!r}")
+    if not isinstance(temperature, str):
+        raise TypeError(f"temperature names the condition column that holds the temperature (text, e.g. 'T'), got {temperature!r}")
+    if not isinstance(mechanism, (Mechanism, str)):
+        raise TypeError(f"a mechanism must be given as text, a built-in name or a Mechanism, got {type(mechanism).__name__}")
     # The mechanism, with temperature laws rewritten into mass-action constants.
     if isinstance(mechanism, Mechanism):
         mech, laws = mechanism, ()
@@ -706,7 +723,12 @@ def build(
     elif isinstance(noise, Mapping):
         for col in noise:
             if col not in data.species:
-                raise ValueError(f"noise given for {col!r}, which is not a measured column ({', '.join(data.species)})")
+                close = [c for c in data.species if c.lower() == str(col).lower()]
+                close += difflib.get_close_matches(str(col), data.species, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(
+                    f"noise given for {col!r}, which is not a measured column ({', '.join(data.species)}){hint}"
+                )
         kinds = {col: str(noise.get(col, "normal")) for col in data.species}
         shared = False
     else:
@@ -715,8 +737,10 @@ def build(
         if kind not in NOISE_MODELS:
             raise ValueError(f"unknown noise model {kind!r} for {col!r}; use one of {', '.join(NOISE_MODELS)}")
         j = data.species.index(col)
-        if kind == "lognormal" and np.any(data.values[..., j][data.mask[..., j]] <= 0):
-            raise ValueError(f"noise 'lognormal' for {col!r} needs positive measurements; use 'normal' or 'proportional'")
+        if kind == "lognormal":
+            data.require_positive(
+                [col], why=f"noise 'lognormal' for {col!r}", fix="use noise 'normal' or 'proportional' for it"
+            )
 
     # Priors: defaults, then the user's.
     resolved: dict[str, Any] = {}
@@ -733,7 +757,8 @@ def build(
             resolved.setdefault(law.parameters[1], dist.Normal(0.0, 100.0))
     for site, spec in given.items():
         if site in parameters:
-            resolved[site] = as_prior(spec, name=site)
+            # Rate constants are positive; temperature-law and observable parameters may be negative.
+            resolved[site] = as_prior(spec, name=site, positive=site in rate_params)
     levels, level_priors = _hierarchy(hierarchy, parameters, resolved, conds, given)
     ordered: dict[str, Any] = {}
     for p in parameters:
@@ -764,7 +789,9 @@ def build(
                 f"prior given for {site!r}, which is not a parameter of this model; the parameters are "
                 f"{', '.join(ordered)}{hint}"
             )
-        ordered[site] = as_prior(spec, name=site)
+        # Noise scales, initial concentrations and the spreads of hierarchies are positive.
+        positive = site == "sigma" or site.startswith("sigma_") or site in inferred or site.endswith("_tau")
+        ordered[site] = as_prior(spec, name=site, positive=positive)
 
     if isinstance(solver, str):
         options = SolverOptions(solver=solver)

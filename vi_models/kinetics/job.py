@@ -47,6 +47,7 @@ Real experiments (see ``kinetics.model`` and docs/real-experiments.md) add::
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,83 @@ def _check_keys(section: Mapping, allowed, where: str) -> None:
             raise ConfigError(f"unknown key {key!r} in {where}{hint}")
 
 
+_TEXT_EXAMPLES = {"title": "First-order decay", "time_unit": "min", "concentration_unit": "mM", "temperature": "T"}
+
+
+def _data_path(value: Any, base_dir: str | Path) -> Path:
+    """The data file of ``data = "..."``, resolved; a sentence naming the key when it is not a file."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f'data must be the path of one CSV file in quotes, e.g. data = "measurements.csv", got {value!r}')
+    path = Path(value)
+    if not path.is_absolute():
+        path = Path(base_dir) / path
+    if not path.exists():
+        where = "" if Path(value).is_absolute() else f" (relative to the configuration's folder, {str(Path(base_dir))!r})"
+        raise ConfigError(f'data = "{value}": the file {str(path)!r} does not exist{where}; check the path')
+    if path.is_dir():
+        raise ConfigError(f'data = "{value}": {str(path)!r} is a folder, not a file; give the path of the CSV file')
+    return path
+
+
+def _check_fit(options: dict) -> None:
+    """Validate the [fit] section as the settings of a fit, before anything is built or run."""
+    from inference.engine.settings import FitSettings
+
+    try:
+        FitSettings.from_keywords(**options)
+    except (TypeError, ValueError) as err:
+        text = str(err)
+        head = text.split(" ", 1)[0]
+        prefix = "[fit] " if head in FIT_KEYS else "[fit]: "
+        raise ConfigError(prefix + text) from None
+
+
+def _close(name: str, options) -> str:
+    options = list(options)
+    same = [o for o in options if o.lower() == str(name).lower()]
+    close = same or difflib.get_close_matches(str(name), options, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_sections(config: Mapping, mechanism: str) -> None:
+    """Types of [priors], [initial], [solver], noise and conditions; names of [initial] and [priors] entries."""
+    from .arguments import check_builder_arguments
+    from .conditions import expand_temperature_laws
+
+    noise = config.get("noise", "normal")
+    try:
+        check_builder_arguments(
+            priors=_section(config, "priors"),
+            initial=_section(config, "initial"),
+            solver=_section(config, "solver"),
+            noise=dict(noise) if isinstance(noise, Mapping) else noise,
+            conditions=config.get("conditions"),
+            toml=True,
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+    text, laws = expand_temperature_laws(mechanism)
+    mech = Mechanism.from_text_or_name(text)
+    for species in _section(config, "initial"):
+        if species not in mech.species:
+            raise ConfigError(
+                f"[initial] {species}: the mechanism has no species {species!r} (its species are "
+                f"{', '.join(mech.species)}){_close(species, mech.species)}"
+            )
+    extended = any(config.get(k) for k in ("conditions", "doses", "hierarchy", "observables")) or isinstance(
+        noise, Mapping
+    )
+    if not extended and not laws:
+        sites = list(mech.parameters) + ["sigma"] + [f"{sp}0" for sp in mech.species]
+        for site in _section(config, "priors"):
+            if site not in sites:
+                raise ConfigError(
+                    f"[priors] {site}: {site!r} is not a parameter of this model (the rate constants are "
+                    f"{', '.join(mech.parameters)}; 'sigma' is the noise scale and '<species>0' an inferred "
+                    f"initial concentration){_close(site, sites)}"
+                )
+
+
 def _section(config: Mapping, name: str) -> dict:
     value = config.get(name, {}) or {}
     if not isinstance(value, Mapping):
@@ -158,16 +236,26 @@ class KineticsJob:
                     f"the configuration has no {required!r}; add e.g. "
                     + ('data = "measurements.csv"' if required == "data" else 'mechanism = "A -> B : k"')
                 )
-        data_path = Path(str(config["data"]))
-        if not data_path.is_absolute():
-            data_path = Path(base_dir) / data_path
+        data_path = _data_path(config["data"], base_dir)
+        for key in ("title", "time_unit", "concentration_unit", "temperature"):
+            if key in config and not isinstance(config[key], str):
+                raise ConfigError(
+                    f'{key} must be text in quotes, e.g. {key} = "{_TEXT_EXAMPLES[key]}", got {config[key]!r}'
+                )
+        T_ref = config.get("T_ref")
+        if T_ref is not None and (
+            isinstance(T_ref, bool) or not isinstance(T_ref, (int, float)) or not (math.isfinite(T_ref) and T_ref > 0)
+        ):
+            raise ConfigError(f"T_ref is the reference temperature in kelvin, a positive number such as 298.15; got {T_ref!r}")
         solver = _section(config, "solver")
         _check_keys(solver, SOLVER_KEYS, "[solver]")
         fit_options = _section(config, "fit")
         _check_keys(fit_options, FIT_KEYS, "[fit]")
+        _check_fit(fit_options)
         mechanism = config["mechanism"]
         if not isinstance(mechanism, str):
             raise ConfigError(f"mechanism must be text such as \"A -> B : k\", got {mechanism!r}")
+        _check_sections(config, mechanism)
         conditions = config.get("conditions", []) or []
         if isinstance(conditions, str):
             conditions = [conditions]
@@ -216,6 +304,8 @@ class KineticsJob:
                 time_unit=config.get("time_unit"),
                 concentration_unit=config.get("concentration_unit"),
             )
+            if noise == "lognormal":
+                dataset.require_positive(why='noise = "lognormal"', fix='use noise = "normal" or "proportional"')
             built = model(
                 Mechanism.from_text_or_name(mechanism),
                 dataset,
@@ -239,10 +329,19 @@ class KineticsJob:
         import tomllib
 
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"configuration file {str(path)!r} is a folder; give the path of a TOML file")
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError as err:
             raise ConfigError(f"configuration file {str(path)!r} does not exist") from err
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"{path}: not a text file (byte {err.start} is not UTF-8: {err.reason}); "
+                "a configuration is TOML text saved as UTF-8"
+            ) from None
+        except OSError as err:
+            raise ConfigError(f"configuration file {str(path)!r} cannot be read: {err.strerror or err}") from err
         try:
             config = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:

@@ -33,7 +33,7 @@ from numpyro.distributions.truncated import (
     TwoSidedTruncatedDistribution,
 )
 
-__all__ = ["DISTRIBUTIONS", "PriorError", "as_prior", "describe_prior", "parse_prior"]
+__all__ = ["DISTRIBUTIONS", "PriorError", "as_prior", "check_positive", "describe_prior", "parse_prior"]
 
 
 class PriorError(ValueError):
@@ -452,7 +452,7 @@ def parse_prior(text: str) -> dist.Distribution:
     return _parse_named(text, None)
 
 
-def as_prior(spec, *, name: str) -> dist.Distribution:
+def as_prior(spec, *, name: str, positive: bool = True) -> dist.Distribution:
     """Turn a prior specification into a NumPyro distribution.
 
     Parameters
@@ -461,6 +461,12 @@ def as_prior(spec, *, name: str) -> dist.Distribution:
         A distribution (returned as is) or prior text (see :func:`parse_prior`).
     name : str
         The parameter the prior is for; used in error messages.
+    positive : bool
+        Whether the parameter is positive, as rate constants, noise scales and
+        initial concentrations are (the default): a prior that gives values at or
+        below zero a probability (``Normal``, ``Cauchy``, ``StudentT``, a
+        ``Uniform`` or ``TruncatedNormal`` reaching below 0) is then refused (see
+        :func:`check_positive`). ``False`` for a parameter that may be negative.
 
     Returns
     -------
@@ -470,17 +476,73 @@ def as_prior(spec, *, name: str) -> dist.Distribution:
     Raises
     ------
     PriorError
-        If ``spec`` is neither, or the text cannot be parsed; the message names
-        the parameter.
+        If ``spec`` is neither, the text cannot be parsed, or the support does
+        not fit a positive parameter; the message names the parameter.
     """
     if isinstance(spec, dist.Distribution):
-        return spec
-    if isinstance(spec, str):
-        return _parse_named(spec, name)
+        prior = spec
+    elif isinstance(spec, str):
+        prior = _parse_named(spec, name)
+    else:
+        raise PriorError(
+            f"invalid prior for {name!r}: expected a numpyro distribution or text such as "
+            f"'LogNormal(0, 1)', got {type(spec).__name__} {spec!r}",
+            name=name,
+        )
+    if positive:
+        check_positive(prior, name=name, text=spec if isinstance(spec, str) else None)
+    return prior
+
+
+def _role(name: str) -> str:
+    if name == "sigma" or name.startswith("sigma_"):
+        return "a noise scale"
+    return "a positive parameter (a rate constant, a noise scale or an initial concentration)"
+
+
+def _admits_nonpositive(prior: dist.Distribution) -> bool:
+    """Whether ``prior`` gives values at or below zero a probability (False when it cannot be told)."""
+    if isinstance(prior, dist.Delta):
+        return not bool(np.all(np.asarray(prior.v) > 0))
+    support = prior.support
+    while hasattr(support, "base_constraint"):  # independent(...) wraps the constraint of one element
+        support = support.base_constraint
+    lower = getattr(support, "lower_bound", None)
+    if lower is not None:
+        try:
+            return not bool(np.all(np.asarray(lower, dtype=float) >= 0))
+        except (TypeError, ValueError):
+            return False
+    kinds = {k.__name__.lstrip("_") for k in type(support).__mro__}
+    return bool(kinds & {"Real", "RealVector", "LessThan", "LessThanEq"})
+
+
+def check_positive(prior: dist.Distribution, *, name: str, text: str | None = None) -> None:
+    """Refuse a prior whose support reaches zero or below for the positive parameter ``name``.
+
+    Raises
+    ------
+    PriorError
+        Naming the parameter, the prior and positive alternatives.
+    """
+    if not _admits_nonpositive(prior):
+        return
+    try:
+        shown = text if text is not None else describe_prior(prior)
+    except Exception:  # noqa: BLE001 - only for the message
+        shown = type(prior).__name__
+    if name == "sigma" or name.startswith("sigma_"):
+        fix = "use a prior on positive numbers such as 'HalfNormal(1)' or 'LogNormal(log(0.1), 1)'"
+    else:
+        fix = (
+            "use a prior on positive numbers such as 'LogNormal(log(0.5), 1)' (median 0.5), "
+            "'HalfNormal(1)' or 'TruncatedNormal(0.5, 1, low=0)'"
+        )
     raise PriorError(
-        f"invalid prior for {name!r}: expected a numpyro distribution or text such as "
-        f"'LogNormal(0, 1)', got {type(spec).__name__} {spec!r}",
+        f"invalid prior for {name!r} {shown!r}: it gives values at or below zero a probability, "
+        f"but {name!r} is {_role(name)}; {fix}",
         name=name,
+        text=text,
     )
 
 

@@ -200,6 +200,10 @@ def test_parse_prior_needs_text():
 
 def test_as_prior():
     d = dist.Normal(0.0, 1.0)
+    assert as_prior(d, name="base", positive=False) is d
+    with pytest.raises(PriorError, match="'k' is a positive parameter"):
+        as_prior(d, name="k")  # rate constants, noise scales and initial concentrations are positive
+    d = dist.LogNormal(0.0, 1.0)
     assert as_prior(d, name="k") is d
     p = as_prior("HalfNormal(3)", name="sigma")
     assert isinstance(p, dist.HalfNormal) and float(p.scale) == 3.0

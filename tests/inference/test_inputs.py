@@ -19,7 +19,13 @@ import pytest
 from inference import fit
 from inference.outputs import cli
 from vi_models import kinetics
-from vi_models.kinetics import ConfigError, DataError, KineticsJob, PriorError, parse_prior
+from vi_models.kinetics import (
+    ConfigError,
+    DataError,
+    KineticsJob,
+    PriorError,
+    parse_prior,
+)
 
 DECAY = "time,A\n0,1.0\n1,0.61\n2,0.37\n3,0.22\n"
 

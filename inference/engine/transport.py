@@ -40,10 +40,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["TransportRun", "transport_nuts", "RHAT_OK", "ESS_OK"]
+__all__ = ["TransportRun", "transport_nuts", "RHAT_OK", "ESS_OK", "ESS_TAIL_OK"]
 
-#: Largest split R-hat, and smallest bulk and tail ESS, of draws called converged.
-RHAT_OK, ESS_OK = 1.01, 400
+#: Largest split R-hat, smallest bulk ESS (a mean then has a Monte Carlo error of at most 0.03 sd)
+#: and smallest tail ESS of draws called converged.
+RHAT_OK, ESS_OK, ESS_TAIL_OK = 1.01, 1000, 400
 
 
 class TransportRun(NamedTuple):
@@ -79,11 +80,11 @@ class TransportRun(NamedTuple):
 
     @property
     def converged(self) -> bool:
-        """R-hat at most :data:`RHAT_OK`, bulk and tail ESS at least :data:`ESS_OK`, no divergence."""
+        """R-hat at most :data:`RHAT_OK`, bulk ESS at least :data:`ESS_OK`, tail ESS at least :data:`ESS_TAIL_OK`, no divergence."""
         return bool(
             np.all(self.rhat <= RHAT_OK)
             and np.all(self.ess_bulk >= ESS_OK)
-            and np.all(self.ess_tail >= ESS_OK)
+            and np.all(self.ess_tail >= ESS_TAIL_OK)
             and self.divergences == 0
         )
 
@@ -118,6 +119,7 @@ def transport_nuts(
     num_chains: int = 4,
     num_warmup: int = 500,
     num_samples: int = 1000,
+    max_samples: int | None = None,
     target_accept: float = 0.9,
     max_tree_depth: int = 8,
 ) -> TransportRun:
@@ -134,12 +136,14 @@ def transport_nuts(
     seed : int
     num_chains, num_warmup, num_samples : int
         Chains (run one after the other by one compiled program), warmup and kept draws per chain.
+    max_samples : int, optional
+        While the chains have not converged (:attr:`TransportRun.converged`), they go on for
+        as many draws again, up to this many per chain (default ``4 * num_samples``).
     target_accept : float
         NUTS's target acceptance probability.
     max_tree_depth : int
         Bounds every NUTS step at ``2**max_tree_depth`` leapfrog steps (no stage runs unbounded).
     """
-    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
     from numpyro.infer import MCMC, NUTS
 
     from .target import _log_density_fn
@@ -147,6 +151,7 @@ def transport_nuts(
     if family.push is None:
         raise ValueError(f"the {family.name!r} guide has no transport map; the exact stage needs a full-rank guide or a flow")
     t0 = time.perf_counter()
+    max_samples = 4 * num_samples if max_samples is None else max_samples
     d = target.dim
     _, density = _log_density_fn(target.model, target.args, target.kwargs, target.layout)
     params = jax.tree.map(jnp.asarray, params)
@@ -168,8 +173,21 @@ def transport_nuts(
     # The chains start at draws of the base distribution near its centre (the guide's bulk).
     init = 0.5 * np.random.default_rng(seed).standard_normal((num_chains, d))
     mcmc.run(jax.random.PRNGKey(seed), init_params=jnp.asarray(init), extra_fields=("diverging",))
-    x = np.asarray(mcmc.get_samples(group_by_chain=True))  # (chains, draws, d)
-    divergences = int(np.sum(np.asarray(mcmc.get_extra_fields(group_by_chain=True)["diverging"])))
+    xs = [np.asarray(mcmc.get_samples(group_by_chain=True))]  # (chains, draws, d) per run
+    diverging = [np.asarray(mcmc.get_extra_fields(group_by_chain=True)["diverging"])]
+    # Not converged yet: the chains go on from where they are (no new warmup), num_samples more
+    # draws at a time, up to max_samples per chain.
+    push_u = jax.jit(lambda x: family.push(params, x)[0])
+    while sum(x.shape[1] for x in xs) < max_samples:
+        u_so_far = np.asarray(push_u(jnp.asarray(np.concatenate(xs, axis=1).reshape(-1, d)))).reshape(num_chains, -1, d)
+        if _converged(u_so_far, int(sum(np.sum(v) for v in diverging))):
+            break
+        mcmc.post_warmup_state = mcmc.last_state
+        mcmc.run(mcmc.post_warmup_state.rng_key, extra_fields=("diverging",))
+        xs.append(np.asarray(mcmc.get_samples(group_by_chain=True)))
+        diverging.append(np.asarray(mcmc.get_extra_fields(group_by_chain=True)["diverging"]))
+    x = np.concatenate(xs, axis=1)
+    divergences = int(sum(np.sum(v) for v in diverging))
 
     def pushed(x):
         u, log_det = family.push(params, x)
@@ -185,10 +203,20 @@ def transport_nuts(
 
     u_flat, log_q = (np.asarray(v) for v in jax.jit(pushed)(jnp.asarray(x.reshape(-1, d))))
     u = u_flat.reshape(x.shape)
-    rhat = np.asarray(split_gelman_rubin(u))
-    ess_bulk = np.asarray(effective_sample_size(u))
-    ess_tail = _ess_tail(u)
+    rhat, ess_bulk, ess_tail = _convergence(u)
     # The guide's own density at the draws comes along (the draws themselves are not weighted).
     return TransportRun(
-        u_flat, log_q, rhat, ess_bulk, ess_tail, divergences, num_chains, num_warmup, num_samples, time.perf_counter() - t0
+        u_flat, log_q, rhat, ess_bulk, ess_tail, divergences, num_chains, num_warmup, x.shape[1], time.perf_counter() - t0
     )
+
+
+def _convergence(u: np.ndarray):
+    """Split R-hat, bulk ESS and tail ESS of every coordinate of ``u`` (``(chains, draws, d)``)."""
+    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+
+    return np.asarray(split_gelman_rubin(u)), np.asarray(effective_sample_size(u)), _ess_tail(u)
+
+
+def _converged(u: np.ndarray, divergences: int) -> bool:
+    rhat, bulk, tail = _convergence(u)
+    return bool(np.all(rhat <= RHAT_OK) and np.all(bulk >= ESS_OK) and np.all(tail >= ESS_TAIL_OK) and divergences == 0)

@@ -33,6 +33,11 @@ combines five checks, each a :class:`Check` with a level, a sentence and what to
 ``restarts``
     With several restarts: the spread of their final ELBOs against its Monte Carlo error, and
     R-hat across restarts (each restart a chain; Vehtari et al. 2021, via ArviZ).
+``numerical faults``
+    Only where the fit met one (:mod:`inference.engine.faults`): skipped non-finite steps,
+    draws of zero density by cause (a failed ODE solve, the solver's step limit, values that
+    overflow, another site named), a switch to the stiff solver, a collapsed guide scale. It
+    comes first, so that when it is the worst check its sentence is the verdict's reason.
 
 The verdict is the worst level among the checks: *reliable*, *use with care* or *unreliable*,
 with the main reason and the advice of the worst check.
@@ -93,6 +98,28 @@ KHAT_GOOD, KHAT_OK = 0.5, 0.7
 MEAN_SHIFT, SD_SHIFT = 0.1, 0.1
 #: A PSIS shift beyond these is large: with k-hat above 0.7 the guide is unreliable.
 LARGE_MEAN_SHIFT, LARGE_SD_FACTOR = 0.5, 1.5
+#: A guide sd beyond this multiple of the Laplace sd at its centre is not vouched for by the curvature check.
+WIDE_RATIO = 3.0
+
+
+def khat_text(khat: float, threshold: float = KHAT_OK) -> str:
+    """``khat`` with two decimals, or as many more as it takes to fall on its side of ``threshold``.
+
+    ``0.7004`` prints as ``0.7004`` (not ``0.70``, which would read as at most 0.7); ``0.6996`` as
+    ``0.70``, which is at most 0.7, as it is.
+
+    Examples
+    --------
+    >>> khat_text(0.7004), khat_text(0.6996), khat_text(0.41)
+    ('0.7004', '0.70', '0.41')
+    """
+    if not math.isfinite(khat):
+        return str(khat)
+    for digits in (2, 3, 4, 6, 9):
+        text = f"{khat:.{digits}f}"
+        if (float(text) > threshold) == (khat > threshold):
+            return text
+    return repr(float(khat))
 
 
 class Check(NamedTuple):
@@ -182,7 +209,7 @@ class Verdict:
         checks = tuple(checks)
         level = _worst(c.level for c in checks)
         if level == RELIABLE:
-            reason = "; ".join(c.message for c in checks if c.name in ("stopping", "psis", "curvature"))
+            reason = "; ".join(c.message for c in checks if c.name in ("stopping", "psis", "curvature", "exact stage"))
             advice = ""
         else:
             # An interrupted fit says so first: every other finding is about an unfinished fit.
@@ -285,13 +312,7 @@ def check_psis(log_p, log_q, draws: dict, names=None, guide_name: str = "") -> t
     res = psis(log_p, log_q)
     n = len(np.asarray(log_p))
     if not math.isfinite(res.khat):
-        check = Check(
-            "psis",
-            UNRELIABLE,
-            f"PSIS is not possible: {res.n_zero} of {n} draws have zero model density",
-            "start from another point or change the priors so that the model is defined where the guide puts mass",
-        )
-        return check, res, {}
+        return _psis_impossible(log_p, log_q, res), res, {}
     labels, x = flatten_draws(draws, names)
     keep = np.isfinite(res.log_weights)
     w = np.exp(res.log_weights[keep])
@@ -305,7 +326,7 @@ def check_psis(log_p, log_q, draws: dict, names=None, guide_name: str = "") -> t
     shift = {lab: (float(a), float(b)) for lab, a, b in zip(labels, dm, ratio)}
     worst = int(np.argmax(np.maximum(np.abs(dm) / MEAN_SHIFT, np.abs(np.log(ratio)) / math.log1p(SD_SHIFT))))
     k = res.khat
-    head = f"PSIS k-hat {k:.2f} from {n} draws"
+    head = f"PSIS k-hat {khat_text(k)} from {n} draws"
     move = (
         f"importance weighting moves the mean of {labels[worst]} by {dm[worst]:+.2f} sd and its sd by a "
         f"factor {ratio[worst]:.2f}"
@@ -345,6 +366,39 @@ def check_psis(log_p, log_q, draws: dict, names=None, guide_name: str = "") -> t
         extra = "; result.sample_psis() gives corrected draws" if k > KHAT_GOOD else ""
         check = Check("psis", RELIABLE, f"{head} is at most {KHAT_OK} and {move}{extra}")
     return check, res, shift
+
+
+def _psis_impossible(log_p, log_q, res: PsisResult) -> Check:
+    """The PSIS check where no Pareto shape could be estimated, saying why."""
+    log_p, log_q = np.asarray(log_p, dtype=float), np.asarray(log_q, dtype=float)
+    n = log_p.size
+    zero = int(np.sum(~np.isfinite(log_p)))
+    guide_bad = int(np.sum(np.isfinite(log_p) & ~np.isfinite(log_q)))
+    usable = n - zero - guide_bad
+    if usable < 10:
+        parts = []
+        if zero:
+            parts.append(f"{zero} of {n} draws have zero model density")
+        if guide_bad:
+            parts.append(
+                f"the guide's own log density is not finite at {guide_bad} of {n} draws (its scale collapsed to zero "
+                "or overflowed)"
+            )
+        return Check(
+            "psis",
+            UNRELIABLE,
+            f"PSIS is not possible: only {usable} of {n} draws have finite importance weights (" + "; ".join(parts) + ")",
+            "see the numerical faults check; change the priors or the model so that it is defined where the guide "
+            "puts mass",
+        )
+    return Check(
+        "psis",
+        UNRELIABLE,
+        f"PSIS is not possible: the largest importance weights of the {usable} draws with finite weights are all "
+        "equal, so no Pareto tail can be fitted to them",
+        "check the model and the guide (a guide that puts its mass on a few points gives such weights); check with "
+        "NUTS (inference.nuts)",
+    )
 
 
 def _small(dm, ratio) -> bool:
@@ -418,16 +472,39 @@ def check_curvature_flat(u: np.ndarray, labels, hessian, guide_name: str, *, max
     guide_name : str
     max_dim : int
     """
+    u = np.asarray(u, dtype=float)
+    u = u.reshape(u.shape[0], -1) if u.ndim != 2 else u
     d = u.shape[1]
     if d > max_dim:
         return Check("curvature", RELIABLE, f"curvature check skipped: {d} dimensions (more than {max_dim})")
+    u = u[np.all(np.isfinite(u), axis=1)]
+    if u.shape[0] == 0:
+        return Check(
+            "curvature",
+            UNRELIABLE,
+            "curvature check not possible: no guide draw has a finite model density",
+            "see the density and numerical faults checks",
+        )
+    if u.shape[0] < d + 2:
+        return Check(
+            "curvature",
+            CARE,
+            f"curvature check not possible: only {u.shape[0]} guide draws have a finite model density, too few for "
+            f"the spread of {d} dimensions",
+            "see the density and numerical faults checks",
+        )
     sd_q = u.std(0)
     if not np.all(sd_q > 0):
         return Check("curvature", RELIABLE, "curvature check skipped: the guide has no spread (a point estimate)")
     x0 = np.median(u, axis=0)
     hess = -np.asarray(hessian(x0, 1e-2 * sd_q), dtype=float)
     if not np.all(np.isfinite(hess)):
-        return Check("curvature", RELIABLE, "curvature check skipped: the gradient is not finite near the guide's centre")
+        return Check(
+            "curvature",
+            CARE,
+            "curvature check not possible: the gradient is not finite near the guide's centre",
+            "see the numerical faults check; check with NUTS (inference.nuts)",
+        )
     eig = np.linalg.eigvalsh(hess)
     if eig.min() <= 0:
         return Check(
@@ -442,7 +519,8 @@ def check_curvature_flat(u: np.ndarray, labels, hessian, guide_name: str, *, max
     ratio = sd_q / sd_l
     i = int(np.argmin(ratio))
     narrow = (
-        f"the guide's sd of {labels[i]} (unconstrained) is {ratio[i]:.2f} of the Laplace sd at the posterior centre"
+        f"the guide's sd of {labels[i]} (unconstrained) is {ratio[i]:{'.2f' if ratio[i] >= 0.01 else '.2g'}} of the Laplace "
+        "sd at the posterior centre"
     )
     partner = ""
     if d > 1:
@@ -476,6 +554,24 @@ def check_curvature_flat(u: np.ndarray, labels, hessian, guide_name: str, *, max
                 f"but the guide gives them rho = {corr_q[a, b]:.2f}",
                 advice,
             )
+    w = int(np.argmax(ratio))
+    if ratio[w] > WIDE_RATIO:
+        return Check(
+            "curvature",
+            CARE,
+            f"the guide's sd of {labels[w]} (unconstrained) is {ratio[w]:.3g} times the Laplace sd at the guide's "
+            f"centre (sd ratios {ratio.min():.2f} to {ratio[w]:.3g}): the log density is far more sharply curved "
+            "there than the guide is wide (a spike, a ridge, a far from Gaussian posterior, or a fit that did not "
+            "converge), so the Laplace check cannot vouch for the spread",
+            "check with NUTS (inference.nuts, or --nuts on the command line)",
+        )
+    if ratio[w] > 1.5:
+        return Check(
+            "curvature",
+            RELIABLE,
+            f"the guide is no narrower than the Laplace approximation (sd ratios {ratio.min():.2f} to "
+            f"{ratio[w]:.2f}; wider than it where the posterior is not Gaussian, e.g. skewed)",
+        )
     return Check(
         "curvature",
         RELIABLE,
@@ -557,8 +653,14 @@ def check_restarts(losses: np.ndarray, restart_draws: dict | None = None) -> Che
 
 
 # -- stopping and density -------------------------------------------------------------------------
-def check_stopping(stop_reason, num_steps: int, nonfinite_steps: int, num_restarts: int = 1, nonfinite_reason=None) -> Check:
-    """Why the fit stopped, and the steps skipped as non-finite."""
+def check_stopping(stop_reason, num_steps: int, nonfinite_steps: int, num_restarts: int = 1, nonfinite_reason=None,
+                   advice: str | None = None) -> Check:
+    """Why the fit stopped, and the steps skipped as non-finite.
+
+    ``advice`` (from the cause of the non-finite steps, :mod:`inference.engine.faults`) replaces
+    the general advice about non-finite steps.
+    """
+    general = "give the priors less mass where the model breaks down (huge rates, zero noise) or lower the learning rate"
     total = max(1, num_steps * num_restarts)
     bad = f"; {nonfinite_steps} of {total} steps were skipped as non-finite" if nonfinite_steps else ""
     reason = StopReason(stop_reason)
@@ -567,7 +669,7 @@ def check_stopping(stop_reason, num_steps: int, nonfinite_steps: int, num_restar
             "stopping",
             UNRELIABLE,
             f"the fit stopped because too many steps were non-finite ({nonfinite_reason or 'no site named'})",
-            "give the priors less mass where the model breaks down (huge rates, zero noise) or lower the learning rate",
+            advice or general,
         )
     if reason == StopReason.MAX_STEPS:
         return Check(
@@ -583,19 +685,26 @@ def check_stopping(stop_reason, num_steps: int, nonfinite_steps: int, num_restar
             "stopping",
             CARE,
             f"the ELBO levelled off after {num_steps} steps{bad} ({nonfinite_reason})",
-            "give the priors less mass where the model breaks down, or lower the learning rate",
+            advice or "give the priors less mass where the model breaks down, or lower the learning rate",
         )
     return Check("stopping", RELIABLE, f"the ELBO levelled off after {num_steps} steps{bad}")
 
 
-def check_density(log_p: np.ndarray) -> Check:
-    """Guide draws at which the model has zero density (for ODE models, failed solves)."""
+def check_density(log_p: np.ndarray, cause: str = "", advice: str = "") -> Check:
+    """Guide draws at which the model has zero density.
+
+    ``cause`` and ``advice`` say why (:func:`inference.engine.faults.examine_draws`: a failed ODE
+    solve, the step limit, an overflow, another site named); without them the message says that
+    the cause was not looked for.
+    """
     log_p = np.asarray(log_p)
     n = log_p.size
     zero = int(np.sum(~np.isfinite(log_p)))
     frac = zero / max(n, 1)
-    what = f"{zero} of {n} guide draws have zero model density (for an ODE model: the solver failed)"
-    advice = "tighten the priors of the rate constants, use a stiff solver, or raise the solver's max_steps"
+    what = f"{zero} of {n} guide draws have zero model density" + (
+        f": {cause}" if cause else " (a failed ODE solve, or a site whose log density is not finite there)"
+    )
+    advice = advice or "check the model where its log density is not finite (see the numerical faults check)"
     if frac > 0.1:
         return Check("density", UNRELIABLE, what, advice)
     if frac > 0.01:
@@ -617,20 +726,41 @@ class Diagnosis:
     elbo: float = float("nan")
     elbo_se: float = float("nan")
     flat: tuple | None = field(default=None, repr=False)
+    faults: object = None
 
 
-def _stop_and_density_checks(result, log_p) -> list:
-    """The checks every verdict starts with: why the fit stopped, and zero-density draws."""
-    return [
+def _fit_faults(result):
+    """The faults the fit met (``result.faults``), or those its fields tell (a fit through NumPyro's SVI)."""
+    from ..engine.faults import Faults
+
+    faults = getattr(result, "faults", None)
+    if faults is not None:
+        return faults
+    return Faults(
+        nonfinite_steps=int(np.sum(result.nonfinite_steps)),
+        steps=int(result.num_steps) * int(result.num_restarts),
+        stopped=StopReason(result.stop_reason) == StopReason.NONFINITE,
+        step_cause=result.nonfinite_reason or "",
+    )
+
+
+def _stop_and_density_checks(result, log_p, faults=None) -> list:
+    """The checks every verdict starts with: numerical faults (if any), why the fit stopped, zero-density draws."""
+    checks = []
+    if faults is not None and faults.check() is not None:
+        checks.append(faults.check())
+    checks += [
         check_stopping(
             result.stop_reason,
             result.num_steps,
             int(np.sum(result.nonfinite_steps)),
             result.num_restarts,
             result.nonfinite_reason,
+            advice=(faults.step_advice or None) if faults is not None else None,
         ),
-        check_density(log_p),
+        check_density(log_p, *((faults.cause, faults.advice) if faults is not None else ())),
     ]
+    return checks
 
 
 def diagnose(result, num_samples: int = 16000, *, seed: int | None = None, curvature: bool = True) -> Diagnosis:
@@ -660,7 +790,10 @@ def diagnose(result, num_samples: int = 16000, *, seed: int | None = None, curva
     draws = sampler(result.params, key, num_samples)
     names = [n for n in result.latent_sites if n in draws.latent]
     latent = {n: draws.latent[n] for n in names}
-    checks = _stop_and_density_checks(result, draws.log_p)
+    faults = _fit_faults(result).with_draws(
+        _svi_draw_faults(draws, names, getattr(result.guide, "prototype_trace", None))
+    )
+    checks = _stop_and_density_checks(result, draws.log_p, faults)
     if result.guide_name == "delta":
         checks.append(
             Check(
@@ -673,18 +806,23 @@ def diagnose(result, num_samples: int = 16000, *, seed: int | None = None, curva
     psis_check, weights, shift = check_psis(draws.log_p, draws.log_q, latent, names, result.guide_name)
     if curvature:
         finite = np.isfinite(draws.log_p)
-        try:
-            checks.append(
-                check_curvature(
-                    result.model,
-                    {n: v[finite] for n, v in latent.items()},
-                    result.guide_name,
-                    result.model_args,
-                    result.model_kwargs,
+        for v in latent.values():
+            finite &= np.all(np.isfinite(np.asarray(v, dtype=float).reshape(finite.size, -1)), axis=1)
+        if not finite.any():
+            checks.append(check_curvature_flat(np.zeros((0, 1)), [], None, result.guide_name))
+        else:
+            try:
+                checks.append(
+                    check_curvature(
+                        result.model,
+                        {n: v[finite] for n, v in latent.items()},
+                        result.guide_name,
+                        result.model_args,
+                        result.model_kwargs,
+                    )
                 )
-            )
-        except (ValueError, TypeError, NotImplementedError) as err:
-            checks.append(Check("curvature", RELIABLE, f"curvature check skipped: {err}"))
+            except _CURVATURE_ERRORS as err:
+                checks.append(Check("curvature", CARE, f"curvature check not possible: {err}"))
     # The curvature check comes before PSIS: it is free of Monte Carlo noise and names the cause.
     checks.append(psis_check)
     restart_draws = result.sample_restarts(1000, seed=result.seed + 3) if result.num_restarts > 1 else None
@@ -695,7 +833,42 @@ def diagnose(result, num_samples: int = 16000, *, seed: int | None = None, curva
         log_w = np.asarray(draws.log_p, dtype=float) - np.asarray(draws.log_q, dtype=float)
     elbo = float(np.mean(log_w)) if np.all(np.isfinite(log_w)) else float("-inf")
     elbo_se = float(np.std(log_w) / np.sqrt(log_w.size)) if math.isfinite(elbo) else float("nan")
-    return Diagnosis(verdict=verdict, draws=latent, psis=weights, shift=shift, elbo=elbo, elbo_se=elbo_se)
+    return Diagnosis(verdict=verdict, draws=latent, psis=weights, shift=shift, elbo=elbo, elbo_se=elbo_se,
+                     faults=faults)
+
+
+#: What a curvature check may raise on a model it cannot handle; the verdict goes on without it.
+_CURVATURE_ERRORS = (ValueError, TypeError, NotImplementedError, IndexError, ArithmeticError, np.linalg.LinAlgError)
+
+
+def _svi_draw_faults(draws, names, trace=None):
+    """Draw counts of the numerical faults, from a NumPyro-path sampler's draws (which hold every site)."""
+    from ..engine.faults import Faults, classify_draws, factor_sites
+
+    log_p = np.asarray(draws.log_p, dtype=float)
+    n = log_p.size
+    bad = ~np.isfinite(log_p)
+    if not bad.any():
+        return Faults(draws=n)
+    good = {k: np.asarray(v)[~bad] for k, v in draws.latent.items() if k in names and np.asarray(v)[0].size == 1}
+    counts = classify_draws(
+        {k: np.asarray(v)[bad] for k, v in draws.latent.items()},
+        log_p[bad],
+        {k: np.asarray(v)[bad] for k, v in draws.log_likelihood.items()},
+        sites=names,
+        good=good,
+        factors=factor_sites(trace) if trace else (),
+    )
+    return Faults(
+        draws=n,
+        zero_density=int(bad.sum()),
+        examined=counts.examined,
+        ode_failed=counts.step_limit + counts.ode_nonfinite + counts.ode_other,
+        ode_step_limit=counts.step_limit,
+        overflow=counts.value_overflow + counts.ode_nonfinite,
+        cause=counts.cause,
+        advice=counts.advice,
+    )
 
 
 def _diagnose_flat(result, num_samples: int, *, seed: int | None, curvature: bool) -> Diagnosis:
@@ -711,12 +884,18 @@ def _diagnose_flat(result, num_samples: int, *, seed: int | None, curvature: boo
     seed = result.seed + 2 if seed is None else int(seed)
     u, log_q = posterior.draw_guide(result.best_restart, seed, int(num_samples))
     log_p = target.log_density(u)
+    from ..engine.faults import examine_draws
+
+    faults = _fit_faults(result).with_draws(examine_draws(target, u, log_p, seed=seed))
     latent = {label: u[:, j] for j, label in enumerate(labels)}
-    checks = _stop_and_density_checks(result, log_p)
+    checks = _stop_and_density_checks(result, log_p, faults)
     psis_check, weights, shift = check_psis(log_p, log_q, latent, labels, result.guide_name)
     if curvature:
         finite = np.isfinite(log_p)
-        checks.append(check_curvature_flat(u[finite], labels, target.hessian, result.guide_name))
+        try:
+            checks.append(check_curvature_flat(u[finite], labels, target.hessian, result.guide_name))
+        except _CURVATURE_ERRORS as err:
+            checks.append(Check("curvature", CARE, f"curvature check not possible: {err}"))
     checks.append(psis_check)
     restart_draws = None
     if result.num_restarts > 1:
@@ -730,4 +909,4 @@ def _diagnose_flat(result, num_samples: int, *, seed: int | None, curvature: boo
     elbo = float(np.mean(log_w)) if np.all(np.isfinite(log_w)) else float("-inf")
     elbo_se = float(np.std(log_w) / np.sqrt(log_w.size)) if math.isfinite(elbo) else float("nan")
     return Diagnosis(verdict=verdict, draws=latent, psis=weights, shift=shift, elbo=elbo, elbo_se=elbo_se,
-                     flat=(u, log_q))
+                     flat=(u, log_q), faults=faults)

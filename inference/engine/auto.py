@@ -43,6 +43,7 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 
 from ..checks.diagnostics import CARE, RELIABLE, UNRELIABLE, Check
+from .faults import examine_draws, stiff_variant, with_stiff_switch
 from .flat import fit_flat, flat_guide, target_for
 from .importance import importance_resampled
 from .result import FitResult
@@ -343,6 +344,12 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
             if not stage.halted:
                 stage.finish(map_result_arrays(found))
         best = found.best
+        if not np.isfinite(found.potential[best]) and not control.stopped:
+            # No start has a finite density: where the explicit ODE solver hit its step limit there,
+            # the whole fit is made again with the stiff solver (inference.engine.faults).
+            stiff = stiff_variant(target.model, examine_draws(target, found.locs, -found.potential, where="MAP starts"))
+            if stiff is not None:
+                return with_stiff_switch(fit_auto(stiff[0], args, kwargs, settings, control=control), stiff[1], started=t0)
         if not np.isfinite(found.potential[best]):
             modes = Check(
                 "modes",
@@ -440,6 +447,8 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
             chosen, chosen_key = result, key
         if outcome.startswith("accepted") or control.stopped:
             break
+        if result.faults is not None and result.faults.stiff_switch and result.posterior is not None:
+            target = result.posterior.target  # refitted with the stiff ODE solver: so are the next guides
         # The next guide starts from this fit when it is a full-rank Gaussian at least as good.
         if name == "multivariate_normal" and key >= chosen_key:
             start = (np.asarray(result.params["auto_loc"]), np.asarray(result.params["auto_scale_tril"]))

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from .families import FAMILIES, make_family
+from .faults import fit_faults, refit_if_stiff
 from .guides import canonical_name
 from .posterior import FlatPosterior, public_params
 from .result import FitResult, Timings
@@ -162,7 +163,9 @@ def fit_flat(target: Target, settings: FitSettings, *, start: tuple | None = Non
         t_compiled = t_compiled + ff.compile_s
         t_run = time.perf_counter()
     posterior = FlatPosterior(target, family, params)
-    reason = _explain_nonfinite(posterior, best, settings.seed) if nonfinite.any() else None
+    # Skipped steps (and their cause at guide draws), a collapsed scale: inference.engine.faults.
+    faults = fit_faults(posterior, best, settings.seed, nonfinite, steps, stop)
+    reason = faults.step_cause or None
     public = public_params(family, params)
     record = dict(
         settings.as_dict(),
@@ -174,7 +177,7 @@ def fit_flat(target: Target, settings: FitSettings, *, start: tuple | None = Non
         grad_evals=int(target.num_grad_evals - evals0),
     )
     t_end = time.perf_counter()
-    return FitResult(
+    result = FitResult(
         model=target.model,
         guide=posterior,
         guide_name=name,
@@ -195,7 +198,13 @@ def fit_flat(target: Target, settings: FitSettings, *, start: tuple | None = Non
         seed=settings.seed,
         settings=record,
         posterior=posterior,
+        faults=faults,
     )
+    if stop == StopReason.INTERRUPTED:
+        return result
+    # An explicit ODE solver at its step limit: refit once with the stiff solver (the model's own).
+    again = f"{key or f'fit {name}'} (stiff solver)"
+    return refit_if_stiff(result, lambda stiff: fit_flat(stiff, settings, start=start, control=control, key=again))
 
 
 _INIT_PROGRAMS: dict = {}
@@ -211,45 +220,3 @@ def _init_params(family, locs: np.ndarray, trils: np.ndarray, seed: int):
     seeds = np.full(locs.shape[0], seed, dtype=np.int64)
     return jax.tree.map(np.asarray, jax.device_get(fn(locs, trils, seeds)))
 
-
-def _explain_nonfinite(posterior: FlatPosterior, restart: int, seed: int) -> str:
-    """A sentence naming the site where the log density was not finite, from guide draws at the end of the fit."""
-    target = posterior.target
-    u, _ = posterior.draw_guide(restart, seed + 7, target.batch_size * 8)
-    bad = np.flatnonzero(~np.isfinite(target.log_density(u)))
-    if not bad.size:
-        return (
-            "some steps had a non-finite log density or gradient during the fit (none at its end); "
-            "a failed ODE solve or a draw outside a prior's support does this: check the priors, or lower lr"
-        )
-    point = u[bad[0]]
-    site = _bad_site(target, point)
-    values = target.layout.unpack(point)
-    shown = ", ".join(f"{k}={float(np.ravel(v)[0]):.4g}" for k, v in list(values.items())[:4])
-    where = f"the site {site!r} has a non-finite log density" if site else "the log density is not finite"
-    return (
-        f"{where} at {bad.size} of {u.shape[0]} guide draws, e.g. at {shown} (unconstrained); check its prior and "
-        "the model there (a failed ODE solve shows as 'ode_solve_failed': try a stiff solver or a higher max_steps)"
-    )
-
-
-def _bad_site(target: Target, point: np.ndarray) -> str | None:
-    """The first sample site of the model whose log density is not finite at flat ``point`` (a failure path)."""
-    from numpyro import handlers
-    from numpyro.infer.util import constrain_fn
-
-    def site_sums(u):
-        values = constrain_fn(target.model, target.args, target.kwargs, target.layout.unpack(u))
-        trace = handlers.trace(handlers.substitute(handlers.seed(target.model, 0), data=values)).get_trace(
-            *target.args, **target.kwargs
-        )
-        return {n: jax.numpy.sum(s["fn"].log_prob(s["value"])) for n, s in trace.items() if s["type"] == "sample"}
-
-    try:
-        sums = jax.device_get(jax.jit(site_sums)(point))
-    except Exception:  # noqa: BLE001 - the explanation must never hide the fit
-        return None
-    for name, value in sums.items():
-        if not np.isfinite(value):
-            return name
-    return None

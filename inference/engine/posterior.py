@@ -137,10 +137,15 @@ class FlatPosterior:
 
         ``log_p`` is the model's log joint and ``log_q`` the guide's log density, both in the
         constrained space (``log q(u) - log|det J|``), as the NumPyro path reports them; their
-        difference is the importance log weight.
+        difference is the importance log weight. Draws where the model has zero density or whose
+        values are not finite (a failed ODE solve, an overflow) are not posterior draws: each is
+        replaced by one of the others (:func:`inference.engine.faults.keep_finite`); the verdict
+        counts them.
         """
+        from .faults import keep_finite
+
         u, log_q = self.draw(restart, seed, n)
-        pred = self.target.predict(u, seed=seed + 1)
+        pred, log_q, _ = keep_finite(self.target.predict(u, seed=seed + 1), log_q, seed + 2)
         with np.errstate(invalid="ignore"):
             log_q_c = log_q - pred.log_det_jacobian
         return ModelDraws(pred.latent, pred.log_joint, log_q_c, pred.log_likelihood, pred.predictive)

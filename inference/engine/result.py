@@ -187,6 +187,10 @@ class FitResult:
     posterior : FlatPosterior or None
         For a fit on the flat engine: the compiled target, the guide family and its parameters
         per restart (draws and densities come from it); None for a fit through NumPyro's SVI.
+    faults : inference.engine.faults.Faults or None
+        The numerical faults the fit met (skipped steps and their cause, a collapsed guide
+        scale, a switch to the stiff ODE solver); the verdict adds its draws' counts
+        (``diagnose().faults``). None for a fit through NumPyro's SVI.
     """
 
     model: Any
@@ -209,6 +213,7 @@ class FitResult:
     attempts: tuple = ()
     extra_checks: tuple = ()
     posterior: Any = None
+    faults: Any = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -375,7 +380,7 @@ class FitResult:
         dict of str to ndarray
             Each latent site with shape ``(num_samples, *site_shape)``.
         """
-        from ..checks.diagnostics import KHAT_OK, psis_resample
+        from ..checks.diagnostics import KHAT_OK, khat_text, psis_resample
 
         self.require_full_data("FitResult.sample_psis")
         num_samples = positive_int("num_samples", num_samples)
@@ -384,7 +389,7 @@ class FitResult:
         khat = diagnosis.psis.khat
         if not khat <= KHAT_OK:
             raise ValueError(
-                f"PSIS-corrected draws need k-hat at most {KHAT_OK}, and this fit has k-hat {khat:.2f}: the guide "
+                f"PSIS-corrected draws need k-hat at most {KHAT_OK}, and this fit has k-hat {khat_text(khat)}: the guide "
                 "misses posterior mass that reweighting cannot recover; fit a richer guide or run inference.nuts"
             )
         rng_seed = self.seed + 4 if seed is None else seed
@@ -437,11 +442,13 @@ class FitResult:
         if self.stop_reason == StopReason.INTERRUPTED:
             notes.append(f"the fit was interrupted after {self.num_steps} steps; results are from that point")
         total_bad = int(self.nonfinite_steps.sum())
-        if total_bad:
+        if total_bad and self.faults is None:
             notes.append(
                 f"{total_bad} of {self.num_steps * self.num_restarts} steps were skipped for a non-finite "
                 f"loss or gradient: {self.nonfinite_reason}"
             )
-        if self.stop_reason == StopReason.NONFINITE:
+        if self.stop_reason == StopReason.NONFINITE and self.faults is None:
             notes.append("the fit stopped because too many steps were non-finite; do not use this posterior")
+        if self.faults is not None:
+            notes.extend(self.faults.notes())
         return notes

@@ -298,8 +298,10 @@ def to_arviz(result, num_samples: int = 1000, *, seed: int | None = None, verdic
             for r in range(result.num_restarts)
         ]
     latent = _stack([p.latent for p in parts])
+    # Deterministic sites named with a leading underscore are the engine's (a kinetics model's
+    # _ode_status, counted by the verdict), not posterior quantities.
     names = [name for name in result.latent_sites if name in latent] + [
-        name for name in latent if name not in result.latent_sites
+        name for name in latent if name not in result.latent_sites and not name.startswith("_")
     ]
     posterior = {name: latent[name] for name in names}
     if flat is not None:

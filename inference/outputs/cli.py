@@ -462,6 +462,7 @@ def _write_into_place(job, result, out: Path, state: dict, *, num_samples: int, 
         "diagnostics": {
             "nonfinite_steps": int(result.nonfinite_steps.sum()),
             "nonfinite_reason": result.nonfinite_reason,
+            "faults": result.diagnose().faults.as_dict() if result.diagnose().faults is not None else None,
             "ode_failed_draws": failed,
             "ode_draws": int(curve.shape[0] * curve.shape[1]),
             "notes": list(summary.notes),

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks.diagnostics import khat_text
 from . import plots
 from .arviz_export import has_group, summary_table
 
@@ -154,7 +155,7 @@ def _verdict(attrs: dict) -> str:
     if "khat" in attrs:
         draws = f" (from {_fmt(attrs['khat_draws'])} draws)" if "khat_draws" in attrs else ""
         try:
-            khat = f"{float(attrs['khat']):.2f}"
+            khat = khat_text(float(attrs["khat"]))
         except (TypeError, ValueError):
             khat = str(attrs["khat"])
         parts.append(
@@ -183,6 +184,34 @@ def _verdict(attrs: dict) -> str:
             parts.append('<ul class="checks">\n' + "\n".join(items) + "\n</ul>")
     parts.append("</div>")
     return _section("verdict", "Verdict", "\n".join(parts))
+
+
+def _faults(attrs: dict) -> str:
+    """The section on numerical faults, from the verdict's ``numerical faults`` check; empty without one."""
+    raw = attrs.get("verdict_checks")
+    try:
+        checks = json.loads(raw) if isinstance(raw, (str, bytes)) else list(raw or [])
+    except (TypeError, ValueError):
+        return ""
+    found = [c for c in checks if isinstance(c, dict) and c.get("check") == "numerical faults"]
+    if not found:
+        return ""
+    check = found[0]
+    lvl = str(check.get("level", ""))
+    body = [
+        f'<div id="faults" class="verdict level-{_LEVELS.get(lvl, "unknown")}">',
+        f"<h3>{_e(lvl or '?')}</h3>",
+        f"<p>{_e(check.get('message', ''))}</p>",
+    ]
+    if check.get("advice"):
+        body.append(f'<p class="advice">Advice: {_e(check["advice"])}</p>')
+    body.append(
+        '<p class="note">What the fit met that is not statistics: optimization steps skipped for a non-finite loss, '
+        "draws where the model has zero density (a failed ODE solve, the solver's step limit, values beyond double "
+        "precision, another site named), a switch to the stiff ODE solver, a guide scale that collapsed. Draws of zero "
+        "density are left out of the posterior's draws.</p></div>"
+    )
+    return _section("faults", "Numerical faults", "\n".join(body))
 
 
 def _model(attrs: dict) -> str:
@@ -417,7 +446,8 @@ def build_report(idata, *, comparison=None, title: str | None = None) -> str:
     """Build one self-contained HTML page of a fit.
 
     In order: the title; the verdict box (``verdict``, ``verdict_reason``, each check of
-    ``verdict_checks`` with its level, message and advice, and ``khat``); the mechanism and the
+    ``verdict_checks`` with its level, message and advice, and ``khat``); where the verdict has a
+    ``numerical faults`` check, a section of its own (id ``faults``); the mechanism and the
     fit settings; the data table; the posterior table (:func:`arviz_stats.summary`, ``kind="stats"``,
     94% HDI) of the best restart (``posterior.attrs["best_restart"]``; all chains pooled when the
     DataTree has no such attribute); the plots (fit to the data, ELBO trace, the marginals of each
@@ -454,8 +484,10 @@ def build_report(idata, *, comparison=None, title: str | None = None) -> str:
     chain = None
     if "best_restart" in attrs:
         chain = min(plots._best_restart(idata), idata.posterior.sizes.get("chain", 1) - 1)
+    faults = _faults(attrs)
     sections = [
         _verdict(attrs),
+        *([faults] if faults else []),
         _model(attrs),
         _data(idata),
         _posterior_table(idata, chain),
@@ -463,6 +495,7 @@ def build_report(idata, *, comparison=None, title: str | None = None) -> str:
     ]
     nav = [
         ("verdict", "Verdict"),
+        *([("faults", "Numerical faults")] if faults else []),
         ("model", "Model"),
         ("data", "Data"),
         ("posterior", "Posterior"),

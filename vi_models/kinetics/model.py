@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,7 +42,7 @@ import numpyro.distributions as dist
 
 from .dataset import Dataset
 from .mechanism import Mechanism
-from .ode import SolverOptions, make_grid_solver, make_solver
+from .ode import ODE_NONFINITE, ODE_OK, SolverOptions, make_grid_solver, make_solver
 from .priors import as_prior, describe_prior
 
 __all__ = ["NOISE_MODELS", "KineticsModel", "Trajectories", "default_priors", "model"]
@@ -52,6 +52,9 @@ NOISE_MODELS = ("normal", "lognormal", "proportional")
 NOISE_SITE = "sigma"
 OBS_SITE = "obs"
 FAILED_SITE = "ode_solve_failed"
+#: Deterministic site: the solve status of each experiment (0 solved, 1 step limit, 2 non-finite
+#: state, 3 another failure; :mod:`vi_models.kinetics.ode`), read by the verdict's fault counts.
+STATUS_SITE = "_ode_status"
 
 _OBSERVED = object()  # sentinel: condition on the data set's values
 
@@ -285,9 +288,13 @@ class KineticsModel:
         y0 = self._initial_matrix(sampled)
         if self._solve_data is not None:  # linear mechanism: exact, one expm per distinct step
             ys, failed = self._solve_data(y0, k)
+            status = jnp.where(failed, ODE_NONFINITE, ODE_OK).astype(jnp.int32)
         else:
-            ys, failed = jax.vmap(self._solve_one, in_axes=(0, 0, None))(y0, jnp.asarray(data.times), k)
-        # A failed solve is an impossible draw, never an exception inside the fit.
+            ys, status = jax.vmap(self._solve_one, in_axes=(0, 0, None))(y0, jnp.asarray(data.times), k)
+            failed = status != ODE_OK
+        # A failed solve is an impossible draw, never an exception inside the fit; why it failed
+        # is recorded (not part of the density) for the verdict's count of numerical faults.
+        numpyro.deterministic(STATUS_SITE, status)
         numpyro.factor(FAILED_SITE, jnp.where(jnp.any(failed), -jnp.inf, 0.0))
         mu = ys[..., self._observed_index]
         sigma = numpyro.sample(NOISE_SITE, self.priors[NOISE_SITE])
@@ -360,7 +367,8 @@ class KineticsModel:
                 y0 = self._initial_matrix(inferred_i)
                 if solve_grid is not None:
                     return solve_grid(y0, k_i)
-                return jax.vmap(self._solve_one, in_axes=(0, 0, None))(y0, jnp.asarray(grid), k_i)
+                ys, status = jax.vmap(self._solve_one, in_axes=(0, 0, None))(y0, jnp.asarray(grid), k_i)
+                return ys, status != ODE_OK
 
             return jax.vmap(one)(k, inferred)
 
@@ -379,6 +387,34 @@ class KineticsModel:
             np.asarray(failed),
             np.asarray(observed),
             predictive,
+        )
+
+    def with_stiff_solver(self) -> KineticsModel | None:
+        """The same model solved with the stiff solver (``kvaerno5``), or None where that changes nothing.
+
+        None for a linear mechanism (solved exactly, without time steps), a model already on
+        the stiff solver, or a diffrax solver object given by the user. Tolerances, step limit
+        and gradient method are kept. :func:`inference.fit` refits with it once when the
+        explicit solver reaches its step limit (see :mod:`inference.engine.faults`).
+
+        Examples
+        --------
+        >>> from vi_models import kinetics
+        >>> data = kinetics.Dataset.from_arrays([0.0, 1.0, 2.0], {"A": [1.0, 0.5, 0.3]})
+        >>> m = kinetics.model("2 A -> B : k", data, initial={"A": 1.0})
+        >>> m.with_stiff_solver().solver.stiff, m.with_stiff_solver().with_stiff_solver()
+        (True, None)
+        """
+        options = self.solver
+        if self._solve_data is not None or not isinstance(options.solver, str):
+            return None
+        if options.stiff or options.solver.lower() == "kvaerno5":
+            return None
+        stiff = replace(options, solver="tsit5", stiff=True)
+        c = _concentration_scale(self.dataset)
+        return replace(
+            self, solver=stiff, gradient=stiff.gradient_method(self.mechanism),
+            _solve_one=make_solver(self.mechanism, stiff, atol=1e-8 * c, status=True),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -676,7 +712,7 @@ def model(
     order = list(mech.parameters) + sorted(inferred) + [NOISE_SITE]
     resolved = {site: resolved[site] for site in order}
     observed_index = np.array([mech.species.index(sp) for sp in data.species], dtype=int)
-    solve_one = make_solver(mech, options, atol=1e-8 * c)
+    solve_one = make_solver(mech, options, atol=1e-8 * c, status=True)
     return KineticsModel(
         mechanism=mech,
         dataset=data,

@@ -5,6 +5,23 @@ The right-hand side is :meth:`Mechanism.rhs` in diffrax convention ``f(t, y, arg
 fit: a failed solve (step limit reached, non-finite state) is returned as ``failed = True`` with a
 zero trajectory, and the model turns it into an impossible draw.
 
+Solve status
+------------
+``make_solver(..., status=True)`` returns why a solve failed instead of ``failed``, as an integer
+code (diffrax's ``sol.result`` and step counts, read inside the compiled program):
+
+* :data:`ODE_OK` (0): solved;
+* :data:`ODE_STEP_LIMIT` (1): ``max_steps`` was reached while most steps were accepted: the
+  solver crawled with steps far shorter than the time scale of the data, which is what an
+  explicit solver does on a stiff system (use ``stiff=True``);
+* :data:`ODE_NONFINITE` (2): the state became infinite or NaN (it overflows: the rates are
+  beyond what double precision holds, or the system blows up), or ``max_steps`` was reached
+  while most steps were rejected (each trial step gave a non-finite state);
+* :data:`ODE_FAILED` (3): another failure reported by diffrax.
+
+The kinetics model records the worst code of each experiment as the deterministic site
+``_ode_status`` (see :mod:`inference.engine.faults`).
+
 Gradient methods
 ----------------
 Each method gives the gradient with respect to ``y0``, ``k`` and the output ``times``.
@@ -75,7 +92,20 @@ import numpy as np
 
 from .mechanism import Mechanism
 
-__all__ = ["SolverOptions", "make_solver", "solve", "GRADIENT_METHODS", "SOLVERS"]
+__all__ = [
+    "SolverOptions",
+    "make_solver",
+    "solve",
+    "GRADIENT_METHODS",
+    "SOLVERS",
+    "ODE_OK",
+    "ODE_STEP_LIMIT",
+    "ODE_NONFINITE",
+    "ODE_FAILED",
+]
+
+#: Solve status codes (see "Solve status" in the module docstring).
+ODE_OK, ODE_STEP_LIMIT, ODE_NONFINITE, ODE_FAILED = 0, 1, 2, 3
 
 SOLVERS: dict[str, Callable[[], Any]] = {
     "tsit5": diffrax.Tsit5,
@@ -203,7 +233,7 @@ def _expm_solver(mechanism: Mechanism) -> Callable:
         z0 = jnp.concatenate([y0, jnp.ones((1,), dtype=M.dtype)])
         ys = jax.vmap(lambda t: expm_small(t * M) @ z0)(times)[:, :n]
         failed = ~jnp.all(jnp.isfinite(ys))
-        return jnp.where(failed, 0.0, ys), failed
+        return jnp.where(failed, 0.0, ys), jnp.where(failed, ODE_NONFINITE, ODE_OK).astype(jnp.int32)
 
     return solve_one
 
@@ -322,10 +352,24 @@ def _diffrax_solve(mechanism, options: SolverOptions, adjoint, atol: float):
                 adjoint=adjoint,
                 throw=False,
             )
-        failed = (sol.result != diffrax.RESULTS.successful) | ~jnp.all(jnp.isfinite(sol.ys))
-        return jnp.where(failed, 0.0, sol.ys), failed
+        status = _solve_status(sol)
+        return jnp.where(status != ODE_OK, 0.0, sol.ys), status
 
     return solve_one
+
+
+def _solve_status(sol) -> jax.Array:
+    """The status code of a diffrax solution (see "Solve status" in the module docstring)."""
+    finite = jnp.all(jnp.isfinite(sol.ys))
+    step_limit = sol.result == diffrax.RESULTS.max_steps_reached
+    # At the step limit, mostly rejected steps mean non-finite trial states (a blow-up or an
+    # overflow); mostly accepted ones mean steps far too short for the time span (stiffness).
+    rejected = sol.stats["num_rejected_steps"] > sol.stats["num_accepted_steps"]
+    return jnp.where(
+        sol.result == diffrax.RESULTS.successful,
+        jnp.where(finite, ODE_OK, ODE_NONFINITE),
+        jnp.where(step_limit, jnp.where(rejected, ODE_NONFINITE, ODE_STEP_LIMIT), ODE_FAILED),
+    ).astype(jnp.int32)
 
 
 def _time_cotangent(mechanism, times, ys, k, g_ys, failed):
@@ -344,12 +388,13 @@ def _forward_solver(mechanism, options, atol) -> Callable:
 
     def solve_fwd(x, times):
         def with_aux(x):
-            ys, failed = primal(x[:n], times, x[n:])
-            return ys, (ys, failed)
+            ys, status = primal(x[:n], times, x[n:])
+            return ys, (ys, status)
 
-        jac, (ys, failed) = jax.jacfwd(with_aux, has_aux=True)(x)
+        jac, (ys, status) = jax.jacfwd(with_aux, has_aux=True)(x)
+        failed = status != ODE_OK
         jac = jnp.where(failed, 0.0, jac)
-        return (ys, failed), (jac, x, times, ys, failed)
+        return (ys, status), (jac, x, times, ys, failed)
 
     def solve_bwd(residuals, cotangents):
         jac, x, times, ys, failed = residuals
@@ -380,14 +425,14 @@ def _adjoint_solver(mechanism, options, atol) -> Callable:
         return primal(x[:n], times, x[n:])
 
     def solve_fwd(x, times):
-        (ys, failed), pullback = jax.vjp(lambda x: primal(x[:n], times, x[n:]), x)
-        return (ys, failed), (pullback, x, times, ys, failed)
+        (ys, status), pullback = jax.vjp(lambda x: primal(x[:n], times, x[n:]), x)
+        return (ys, status), (pullback, x, times, ys, status != ODE_OK)
 
     def solve_bwd(residuals, cotangents):
         pullback, x, times, ys, failed = residuals
-        g_ys, g_failed = cotangents
+        g_ys, g_status = cotangents
         with _checks_without_callbacks():  # the backward solve is traced here
-            (g_x,) = pullback((g_ys, g_failed))
+            (g_x,) = pullback((g_ys, g_status))
         g_x = jnp.where(failed, 0.0, g_x)
         return g_x, _time_cotangent(mechanism, times, ys, x[n:], g_ys, failed)
 
@@ -399,7 +444,7 @@ def _adjoint_solver(mechanism, options, atol) -> Callable:
     return solve_one
 
 
-def make_solver(mechanism: Mechanism, options: SolverOptions | None = None, *, atol: float = 1e-8):
+def make_solver(mechanism: Mechanism, options: SolverOptions | None = None, *, atol: float = 1e-8, status: bool = False):
     """Build ``solve_one(y0, times, k) -> (ys, failed)`` for one experiment.
 
     Parameters
@@ -410,6 +455,9 @@ def make_solver(mechanism: Mechanism, options: SolverOptions | None = None, *, a
         Solver, tolerances, step limit and gradient method.
     atol : float
         Absolute tolerance used when ``options.atol`` is None.
+    status : bool
+        Return the solve's status code (int32, see "Solve status" in the module docstring)
+        instead of ``failed``.
 
     Returns
     -------
@@ -417,18 +465,28 @@ def make_solver(mechanism: Mechanism, options: SolverOptions | None = None, *, a
         ``solve_one(y0, times, k)`` with ``y0`` of shape ``(n_species,)``, ``times`` of shape
         ``(T,)`` (non-decreasing, from ``t0 = 0``), ``k`` of shape ``(n_parameters,)``; returns
         ``ys`` of shape ``(T, n_species)`` (zeros where the solve failed) and a boolean
-        ``failed``. Pure JAX: jit, vmap and grad work on it.
+        ``failed`` (with ``status=True``: the status code, 0 where solved). Pure JAX: jit, vmap
+        and grad work on it.
     """
     options = options or SolverOptions()
     method = options.gradient_method(mechanism)
     tol = options.atol if options.atol is not None else atol
     if method == "expm":
-        return _expm_solver(mechanism)
-    if method == "forward":
-        return _forward_solver(mechanism, options, tol)
-    if method == "adjoint":
-        return _adjoint_solver(mechanism, options, tol)
-    return _diffrax_solve(mechanism, options, diffrax.RecursiveCheckpointAdjoint(), tol)
+        solve_status = _expm_solver(mechanism)
+    elif method == "forward":
+        solve_status = _forward_solver(mechanism, options, tol)
+    elif method == "adjoint":
+        solve_status = _adjoint_solver(mechanism, options, tol)
+    else:
+        solve_status = _diffrax_solve(mechanism, options, diffrax.RecursiveCheckpointAdjoint(), tol)
+    if status:
+        return solve_status
+
+    def solve_one(y0, times, k):
+        ys, code = solve_status(y0, times, k)
+        return ys, code != ODE_OK
+
+    return solve_one
 
 
 def solve(mechanism: Mechanism, y0, times, k, options: SolverOptions | None = None):

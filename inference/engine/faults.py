@@ -432,6 +432,10 @@ def _other_cause(latent, log_likelihood, other, sites, good, priors, ode: bool, 
     factors = [f for f in factors if not (ode and f == "ode_solve_failed")]
     if named:
         where = f"the log likelihood of {', '.join(repr(x) for x in named[:3])} is not finite{solved}"
+    elif factors == ["ode_solve_failed"]:
+        # A kinetics model without a status site (its solves' failures are not told apart).
+        where = "an ODE solve failed there (the factor 'ode_solve_failed' is -inf)"
+        advice = "try the stiff solver (stiff=True, --stiff), raise the solver's max_steps, or narrow the rate priors"
     elif factors:
         which = f"the factor {factors[0]!r}" if len(factors) == 1 else f"one of the factors {', '.join(map(repr, factors[:4]))}"
         where = f"{which} is -inf there (every observed site's log likelihood is finite): the model rules those draws out"

@@ -235,3 +235,12 @@ def test_faults_record_counts_and_levels():
     assert many.level == dg.UNRELIABLE and "20 of 100 guide draws have zero model density" in many.notes()[0]
     few = fl.Faults(draws=1000, zero_density=20, examined=20, ode_failed=20)
     assert few.level == dg.CARE and "the ODE solve failed at 20 of them" in few.notes()[0]
+
+
+def test_a_factor_is_named_where_no_observed_site_is_to_blame():
+    latent, log_p, loglik = {"mu": np.full((3, 1), 3.0)}, np.full(3, -np.inf), {"y": np.zeros((3, 1))}
+    found = fl.classify_draws(latent, log_p, loglik, sites=["mu"], factors=["wall"])
+    assert found.other == 3 and "the factor 'wall' is -inf there" in found.cause
+    # A kinetics model without a status site: its failed solve is still called one.
+    found = fl.classify_draws(latent, log_p, loglik, sites=["mu"], factors=["ode_solve_failed"])
+    assert "an ODE solve failed there" in found.cause and "--stiff" in found.advice

@@ -13,19 +13,29 @@ through NumPyro's SVI). What :func:`fit_auto` does, in order:
    where the variational fits begin. Separate optima found by other starts are weighed by their
    Laplace mass (:func:`check_modes`).
 2. **The guide ladder.** By the number ``d`` of unconstrained latent dimensions:
-   ``d <= 30``: ``multivariate_normal`` then ``iaf`` (a flow on top of the full-rank fit);
+   ``d <= 30``: ``multivariate_normal``, then ``multivariate_t`` (the same on a Student-t base,
+   for heavy tails), then ``iaf`` (a flow on top of the full-rank fit);
    ``30 < d <= 300``: ``low_rank`` then ``multivariate_normal``; larger: ``normal`` then
    ``low_rank``. Gaussian families are fitted on fixed draws (DADVI), flows on fresh draws.
 3. **Verdict and importance resampling.** After each fit the verdict is computed
-   (:mod:`inference.checks.diagnostics`). Where importance weights of the guide, or of a
-   Student-t proposal around it, have k-hat at most 0.7 (:mod:`inference.engine.importance`),
-   the reported draws are resampled from them and the verdict is made again for those draws;
-   the fit is accepted when that verdict is *reliable*. Otherwise it is accepted as it is when
+   (:mod:`inference.checks.diagnostics`). Where importance weights have k-hat at most 0.7
+   (:mod:`inference.engine.importance`) the reported draws are resampled from them and the
+   verdict is made again for those draws (*reliable* needs k-hat at most 0.5). The proposals,
+   in order: a mixture of Student-t components over the separate optima of the MAP stage when
+   it found two or more that hold mass (each weighted by importance sampling: a fit of one mode
+   cannot show the others), else the guide itself, else a Student-t around it. The fit is
+   accepted when that verdict is *reliable*. Otherwise it is accepted as it is when
    its verdict is *reliable* and Pareto-smoothed importance weighting moves no mean by more than
    ``mean_shift`` (0.1) guide sds and no sd by more than ``sd_shift`` (10%). Otherwise the next
    guide is tried. The result is the
    attempt with the best verdict level, ties broken by the ELBO (estimated from the verdict's
    draws: a higher ELBO is a smaller KL divergence from the posterior).
+4. **The exact stage.** When no attempt is *reliable*, NUTS runs through the transport map of
+   the best fit (:func:`exact_stage`, :mod:`inference.engine.transport`: NeuTra HMC; among fits
+   of equal verdict a Gaussian's map), its chains going on until they converge or reach four
+   times ``exact_draws``; its draws are exact in the limit, and its verdict rests on R-hat, the
+   effective sample sizes and the divergent transitions. It replaces the variational answer
+   when its verdict is at least as good. ``guide_options={"exact": False}`` leaves it out.
 
 Every attempt is recorded (:class:`Attempt`, ``FitResult.attempts``) with its verdict, its
 gradient evaluations and why the search moved on; ``FitResult.guide_name`` names the guide
@@ -55,9 +65,12 @@ from .svi import run_svi
 __all__ = ["Attempt", "fit_auto", "guide_ladder", "latent_dimension", "check_modes", "AUTO_OPTIONS"]
 
 #: Options of ``guide="auto"`` (``fit(..., guide_options={...})``).
-AUTO_OPTIONS = ("ladder", "map_starts", "map_spread", "khat_draws", "mean_shift", "sd_shift")
+AUTO_OPTIONS = ("ladder", "map_starts", "map_spread", "khat_draws", "mean_shift", "sd_shift", "exact", "exact_draws")
 
 _LEVEL_RANK = {RELIABLE: 2, CARE: 1, UNRELIABLE: 0}
+
+#: Families whose transport map is affine (preferred by the exact stage among fits of equal verdict).
+GAUSSIAN_MAPS = ("multivariate_normal", "multivariate_t")
 
 
 @dataclass(frozen=True)
@@ -143,9 +156,9 @@ def latent_dimension(model, args=(), kwargs=None, seed: int = 0) -> tuple[int, s
 def guide_ladder(d: int) -> tuple[str, ...]:
     """The guides ``auto`` tries, in order, for ``d`` unconstrained latent dimensions."""
     if d <= 1:
-        return ("multivariate_normal",)
+        return ("multivariate_normal", "multivariate_t")
     if d <= 30:
-        return ("multivariate_normal", "iaf")
+        return ("multivariate_normal", "multivariate_t", "iaf")
     if d <= 300:
         return ("low_rank", "multivariate_normal")
     return ("normal", "low_rank")
@@ -186,13 +199,7 @@ def check_modes(locs: np.ndarray, losses: np.ndarray, scale_trils: np.ndarray, b
             "or a boundary), so separate optima could not be weighed",
             "compare with inference.nuts (several chains)",
         )
-    dist = np.array([np.linalg.norm(np.linalg.solve(L_b, locs[r] - locs[best])) for r in range(R)])
-    far = [r for r in range(R) if finite[r] and r != best and dist[r] > 4]
-    # A start whose end point has no negative definite Hessian stopped at a saddle, a ridge or a
-    # boundary: not an optimum, so not a mode; it is counted, never weighed.
-    stuck = [r for r in far if not np.all(np.isfinite(scale_trils[r]))]
-    separate = [r for r in far if r not in stuck]
-    same = int(np.sum(finite & (dist <= 4)))
+    same, stuck, separate, distinct, log_mass = _optima(locs, losses, scale_trils, best)
     not_optimum = (
         f"; {len(stuck)} stopped where the Hessian is not negative definite (a saddle, a ridge or a boundary, "
         "not an optimum)"
@@ -201,17 +208,10 @@ def check_modes(locs: np.ndarray, losses: np.ndarray, scale_trils: np.ndarray, b
     )
     if not separate:
         return Check("modes", RELIABLE, f"{same} of {R} MAP starts reached the same optimum{not_optimum}")
-    # Distinct optima among the separate starts (starts within whitened distance 4 of each other are one).
-    distinct: list[int] = []
-    for r in sorted(separate, key=lambda r: losses[r]):
-        if all(np.linalg.norm(np.linalg.solve(L_b, locs[r] - locs[o])) > 4 for o in distinct):
-            distinct.append(r)
     where = (
         f"{same} of {R} MAP starts reached the best optimum, {len(separate)} ended at {len(distinct)} separate "
         f"optima{not_optimum}"
     )
-    logdet = {r: float(np.sum(np.log(np.abs(np.diag(scale_trils[r]))))) for r in distinct + [best]}
-    log_mass = {r: losses[best] - losses[r] + logdet[r] - logdet[best] for r in distinct}
     symmetric = [r for r in distinct if abs(losses[r] - losses[best]) <= 1e-6 * (1 + abs(losses[best]))]
     if symmetric:
         masses = np.exp(np.array([0.0] + [log_mass[r] for r in symmetric]))
@@ -242,6 +242,106 @@ def check_modes(locs: np.ndarray, losses: np.ndarray, scale_trils: np.ndarray, b
     )
 
 
+def _optima(locs, losses, scale_trils, best):
+    """The MAP starts sorted out: ``(same, stuck, separate, distinct, log_mass)``.
+
+    ``same`` counts the finite starts within whitened distance 4 of the best; ``stuck`` are the
+    farther ones whose Hessian is not negative definite (not optima), ``separate`` the farther
+    optima, ``distinct`` one start per separate optimum (starts within distance 4 of each other
+    are one), and ``log_mass`` each distinct optimum's log Laplace mass relative to the best.
+    """
+    R = locs.shape[0]
+    finite = np.isfinite(losses)
+    L_b = scale_trils[best]
+    dist = np.array([np.linalg.norm(np.linalg.solve(L_b, locs[r] - locs[best])) for r in range(R)])
+    far = [r for r in range(R) if finite[r] and r != best and dist[r] > 4]
+    # A start whose end point has no negative definite Hessian stopped at a saddle, a ridge or a
+    # boundary: not an optimum, so not a mode; it is counted, never weighed.
+    stuck = [r for r in far if not np.all(np.isfinite(scale_trils[r]))]
+    separate = [r for r in far if r not in stuck]
+    same = int(np.sum(finite & (dist <= 4)))
+    distinct: list[int] = []
+    for r in sorted(separate, key=lambda r: losses[r]):
+        if all(np.linalg.norm(np.linalg.solve(L_b, locs[r] - locs[o])) > 4 for o in distinct):
+            distinct.append(r)
+    logdet = {r: float(np.sum(np.log(np.abs(np.diag(scale_trils[r]))))) for r in distinct + [best]}
+    log_mass = {r: losses[best] - losses[r] + logdet[r] - logdet[best] for r in distinct}
+    return same, stuck, separate, distinct, log_mass
+
+
+def mixture_modes(found) -> list | None:
+    """The optima worth a mixture: ``[(loc, scale_tril, log_mass), ...]`` (the best first), or None.
+
+    The best optimum and every separate one holding at least 1% of its Laplace mass; None when
+    that is the best alone (or the best has no Laplace approximation).
+    """
+    best = found.best
+    if found.locs.shape[0] < 2 or not found.laplace_ok:
+        return None
+    _, _, _, distinct, log_mass = _optima(found.locs, found.potential, found.scale_trils, best)
+    kept = [r for r in distinct if log_mass[r] > math.log(0.01)]
+    if not kept:
+        return None
+    return [(found.locs[best], found.scale_trils[best], 0.0)] + [
+        (found.locs[r], found.scale_trils[r], float(log_mass[r])) for r in kept
+    ]
+
+
+def exact_stage(result, *, seed: int, num_samples: int = 1000, khat_draws: int = 16000):
+    """NUTS through the transport map of ``result``'s guide (:mod:`inference.engine.transport`): ``(FitResult, Diagnosis)``.
+
+    The result draws from the chains (every draw once, uniformly resampled); its verdict rests
+    on the chains' convergence: *reliable* when every split R-hat is at most 1.01, every bulk ESS
+    at least 1000 (a mean's Monte Carlo error at most 0.03 sd), every tail ESS at least 400 and
+    no transition diverged; *use with care* up to R-hat 1.05, ESS 100
+    and 1% divergent transitions; else *unreliable*. Checks made while fitting (the MAP stage's
+    modes) are kept.
+    """
+    from ..checks.diagnostics import Diagnosis, PsisResult, Verdict
+    from .transport import ESS_OK, ESS_TAIL_OK, RHAT_OK, transport_nuts
+
+    posterior = result.posterior
+    params = posterior.params(result.best_restart)
+    run = transport_nuts(posterior.target, posterior.family, params, seed=seed + 11, num_samples=num_samples)
+    n, draws = run.u.shape[0], run.num_chains * run.num_samples
+    worst_ess = float(min(np.min(run.ess_bulk), np.min(run.ess_tail)))
+    if run.converged:
+        level, advice = RELIABLE, ""
+    elif np.max(run.rhat) <= 1.05 and worst_ess >= 100 and run.divergences <= 0.01 * draws:
+        level, advice = CARE, f"draw more: guide_options={{'exact_draws': {4 * num_samples}}}, or run inference.nuts"
+    else:
+        level = UNRELIABLE
+        advice = "the chains did not converge: run inference.nuts with more chains and draws, or reparameterize the model"
+    bounds = f"R-hat <= {RHAT_OK}, bulk ESS >= {ESS_OK}, tail ESS >= {ESS_TAIL_OK}, no divergence"
+    check = Check(
+        "exact stage",
+        level,
+        f"the draws are NUTS's through the fitted {result.guide_name} guide's transport map (NeuTra HMC): "
+        f"{run.summary()} ({'within' if run.converged else 'outside'} {bounds})",
+        advice,
+    )
+    source = f"NUTS through the fitted {result.guide_name} guide's transport map (NeuTra HMC): {run.summary()}"
+    new_posterior = replace(posterior, importance=(result.best_restart, run.u, run.log_q, np.zeros(n)), importance_source=source)
+    # What the fit met (skipped steps, failed solves, a stiff switch) stays in the verdict.
+    faults = result.faults.check() if result.faults is not None else None
+    checks = ((faults,) if faults is not None else ()) + (check,) + tuple(c for c in result.extra_checks)
+    verdict = Verdict.from_checks(checks, khat_draws=n, ess=worst_ess)
+    labels = posterior.target.layout.labels()
+    diagnosis = Diagnosis(
+        verdict=verdict,
+        draws={lab: run.u[:, j] for j, lab in enumerate(labels)},
+        psis=PsisResult(np.full(n, -math.log(n)), float("nan"), float(n), 0),
+        shift={},
+        flat=(run.u, run.log_q),
+    )
+    new = replace(result, guide=new_posterior, posterior=new_posterior, _cache={})
+    for key in (("diagnosis", khat_draws, None), ("diagnosis", 16000, None)):
+        new._cache[key] = diagnosis
+    new._cache["last_diagnosis"] = diagnosis
+    new._cache["exact_run"] = run
+    return new, diagnosis
+
+
 def _bulk_shift(diagnosis) -> tuple[float, float]:
     """Largest PSIS move of a mean (in guide sds) and of an sd (|ratio - 1|)."""
     if not diagnosis.shift:
@@ -253,7 +353,7 @@ def _bulk_shift(diagnosis) -> tuple[float, float]:
 
 def _gaussian_start(guide: str, loc: np.ndarray, scale_tril: np.ndarray) -> dict | None:
     """Guide parameters that start ``guide`` at the Gaussian ``N(loc, L L^T)`` (unconstrained)."""
-    if guide in ("multivariate_normal", "iaf", "bnaf"):
+    if guide in ("multivariate_normal", "multivariate_t", "iaf", "iaf_t", "bnaf"):
         return {"auto_loc": loc, "auto_scale_tril": scale_tril}
     if guide == "low_rank":
         return {"auto_loc": loc, "auto_scale": np.sqrt(np.sum(scale_tril**2, axis=1))}
@@ -274,7 +374,9 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
         in order; default by model size, :func:`guide_ladder`), ``map_starts`` (MAP starting
         points, default 8; 0 skips the MAP stage), ``map_spread`` (how far they are spread,
         default 1.0), ``khat_draws`` (draws of each verdict, default 16000), ``mean_shift`` and
-        ``sd_shift`` (largest PSIS moves of an accepted fit, default 0.1 and 0.1). The other
+        ``sd_shift`` (largest PSIS moves of an accepted fit, default 0.1 and 0.1), ``exact``
+        (run the exact stage when no fit is reliable, default True) and ``exact_draws`` (its
+        draws per chain before it checks convergence, default 1000). The other
         settings apply to every variational attempt, except that without a stopping rule or step
         limits the attempts run 500 to 5000 steps (they start at the Laplace approximation).
     control : inference.engine.checkpoint.FitControl, optional
@@ -309,6 +411,11 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
         base = base.with_(min_steps=500, max_steps=5000)
 
     flat = flat_guide(base.with_(guide="multivariate_normal")) is not None
+    if flat and not options.get("ladder"):
+        from .large import fit_large, is_large
+
+        if is_large(model, args, kwargs):  # many latent dimensions: see inference.engine.large
+            return fit_large(model, args, kwargs, settings)
     target = target_for(model, args, kwargs, base) if flat else None
     problem = None
     if target is None:
@@ -330,6 +437,8 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
     attempts: list[Attempt] = []
     extra_checks: list[Check] = []
     start = None
+    modes_found = None
+    mappable: list = []  # fits whose guide has a transport map, for the exact stage
     if target is not None and map_starts > 0:
         t = time.perf_counter()
         evals0 = target.num_grad_evals
@@ -360,6 +469,7 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
             outcome = "failed: no finite start; the guides start from the prior median"
         else:
             modes = check_modes(found.locs, found.potential, found.scale_trils, best)
+            modes_found = mixture_modes(found)
             tril = found.scale_trils[best] if found.laplace_ok else np.eye(d) * settings.init_scale
             start = (found.locs[best], tril)
             outcome = "stopped: the optima so far" if stage.halted else "start" if found.laplace_ok else "start (Hessian not positive definite: the guides start at the MAP with a small scale)"
@@ -414,7 +524,7 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
         raw_ok = verdict.level == RELIABLE and mean_move <= mean_tol and sd_move <= sd_tol
         # Where importance weights are usable, the resampled draws are the better estimate even of a
         # good guide (they remove what is left of its bias), so they are tried first.
-        corrected = importance_resampled(result, diagnosis) if result.posterior is not None else None
+        corrected = importance_resampled(result, diagnosis, modes=modes_found) if result.posterior is not None else None
         if corrected is not None and (corrected[1].verdict.level == RELIABLE or not raw_ok):
             result, diagnosis = corrected
             verdict = diagnosis.verdict
@@ -445,6 +555,8 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
             attempts[-1] = replace(attempts[-1], outcome=f"stopped by {control.interrupt.requested}: no further guide was tried")
         if chosen is None or key > chosen_key:
             chosen, chosen_key = result, key
+        if result.posterior is not None and result.posterior.family.push is not None:
+            mappable.append((key[0], name in GAUSSIAN_MAPS, -i, result))
         if outcome.startswith("accepted") or control.stopped:
             break
         if result.faults is not None and result.faults.stiff_switch and result.posterior is not None:
@@ -456,6 +568,23 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
         raise ValueError(
             "guide='auto' could not fit any guide: " + "; ".join(f"{a.guide}: {a.outcome}" for a in attempts)
         )
+    if options.get("exact", True) and not control.stopped and chosen_key is not None and chosen_key[0] < _LEVEL_RANK[RELIABLE] and mappable:
+        # The map of the best verdict; among equals a Gaussian's (an affine map: NUTS with the
+        # guide's covariance as its metric, robust where a flow's tails are uncertain).
+        source = max(mappable, key=lambda m: m[:3])[3]
+        t = time.perf_counter()
+        exact, exact_diagnosis = exact_stage(source, seed=settings.seed, num_samples=int(options.get("exact_draws", 1000)),
+                                             khat_draws=khat_draws)
+        verdict = exact_diagnosis.verdict
+        better = _LEVEL_RANK[verdict.level] >= chosen_key[0]
+        attempts.append(
+            Attempt(f"exact ({source.guide_name} transport)", verdict.level, verdict.reason, float("nan"), float("nan"),
+                    exact._cache["exact_run"].num_warmup + exact._cache["exact_run"].num_samples, time.perf_counter() - t,
+                    "chosen: the variational answer was not reliable, so the draws are NUTS's through the guide's map"
+                    if better else "not chosen: its verdict is worse than the variational answer's")
+        )
+        if better:
+            chosen = exact
     kept = chosen.guide_name
     attempts = [
         replace(a, outcome=("chosen: " if a.guide == kept else "not chosen: ") + "the best verdict, then ELBO, of the attempts")
@@ -465,7 +594,8 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
     ]
     record = dict(chosen.settings, guide="auto", chosen_guide=kept, ladder=list(ladder), latent_dimension=d)
     if chosen.posterior is not None and chosen.posterior.importance is not None:
-        record["draws_from"] = f"importance-resampled from {chosen.posterior.importance_source}"
+        source = chosen.posterior.importance_source
+        record["draws_from"] = source if source.startswith("NUTS") else f"importance-resampled from {source}"
     record["attempts"] = [a.as_dict() for a in attempts]
     record["grad_evals"] = int(sum(a.grad_evals for a in attempts))
     if target is not None:

@@ -273,12 +273,27 @@ def _plot_jobs(tree, *, losses, best: int, comparison=None) -> list[tuple[str, A
     return jobs
 
 
+#: Plots that some results cannot have: left out, with a note, when their data do not allow them.
+_OPTIONAL_PLOTS = ("psis.png",)
+
+
 def _write_plots(jobs, folder: Path) -> None:
-    """Every plot of ``jobs`` into ``folder`` (PNG), user text drawn as plain text."""
+    """Every plot of ``jobs`` into ``folder`` (PNG), user text drawn as plain text.
+
+    The PSIS plot needs at least two draws with a finite model density; without them it is left
+    out with a note (the verdict says why), and the other outputs are written.
+    """
     folder.mkdir(exist_ok=True)
     with _plain_text():
         for name, draw in jobs:
-            _save(draw(), folder / name)
+            try:
+                figure = draw()
+            except ValueError as err:
+                if name not in _OPTIONAL_PLOTS:
+                    raise
+                print(f"vifit: note: plots/{name} is left out: {err}", file=sys.stderr)
+                continue
+            _save(figure, folder / name)
 
 
 def _write_netcdf(tree, path: Path) -> None:

@@ -25,6 +25,9 @@ from .engine.result import FitResult, Summary, Timings  # noqa: E402
 from .engine.schedules import exponential_anneal, linear_anneal  # noqa: E402
 from .engine.stopping import PlateauRule, StopReason  # noqa: E402
 from .checks.two_sample import EnergyTest, energy_distance, energy_test  # noqa: E402
+from .engine.devices import experiment_mesh, resolve_devices  # noqa: E402
+from .engine.large import site_moments  # noqa: E402
+from .engine.minibatch import minibatch_rule, minibatch_verdict, on_full_data  # noqa: E402
 
 __all__ = [
     "fit",
@@ -74,4 +77,10 @@ __all__ = [
     "energy_distance",
     "energy_test",
     "EnergyTest",
+    "resolve_devices",
+    "experiment_mesh",
+    "site_moments",
+    "minibatch_rule",
+    "minibatch_verdict",
+    "on_full_data",
 ]

@@ -60,7 +60,7 @@ def target_for(model, args, kwargs, settings: FitSettings) -> Target | None:
     in the model is the user's and is raised as it is.
     """
     try:
-        return make_target(model, args, kwargs, batch_size=settings.restarts * _particles(settings))
+        return make_target(model, args, kwargs, batch_size=settings.restarts * _particles(settings), devices=settings.devices)
     except ValueError as err:
         if "discrete" in str(err) or "subsamples" in str(err):
             return None

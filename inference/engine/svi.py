@@ -37,6 +37,7 @@ from numpyro.infer.autoguide import AutoLaplaceApproximation
 
 from .guides import SpreadInit, guide_name, laplace_to_multivariate_normal, make_guide
 from .loop import explain_nonfinite, init_state, make_chunk, prototype_without_gradient
+from .minibatch import minibatch_rule
 from .objectives import make_objective
 from .result import FitResult, Timings
 from .settings import FitSettings
@@ -75,6 +76,12 @@ def run_svi(model: Callable[..., Any], args: tuple, kwargs: dict, settings: FitS
     settings : FitSettings
         ``settings.guide`` is a guide name or a NumPyro guide object.
     """
+    if settings.devices is not None:
+        raise ValueError(
+            "devices= splits the compiled target of the flat engine across devices; this fit runs through NumPyro's "
+            "SVI (a guide object, a subsampled plate, discrete latents or another objective), which runs on one "
+            "device: leave devices out, or fit the whole plate (subsample_size=None) with guide='auto' or a named guide"
+        )
     guide, objective = settings.guide, settings.objective
     num_particles = settings.num_particles or 8
     seed = settings.seed
@@ -85,7 +92,8 @@ def run_svi(model: Callable[..., Any], args: tuple, kwargs: dict, settings: FitS
     optim = settings.make_optimizer()
     schedules = check_schedules(settings.schedules, kwargs)
     init_kwargs = dict(kwargs, **{name: fn(0) for name, fn in schedules.items()})
-    rule = settings.rule
+    # Minibatches: a window of whole epochs, and every member visited before stopping (see .minibatch).
+    rule = minibatch_rule(model, args, init_kwargs, settings.rule)
 
     guide_obj = make_guide(guide, model, init_scale=init_scale, init_values=init_values, **(guide_options or {}))
     elbo = make_objective(objective, num_particles=num_particles)

@@ -144,6 +144,8 @@ class Target:
         Points at which the log density and gradient have been evaluated so far (padding included).
     num_density_evals : int
         Points at which the log density alone has been evaluated (the verdict's draws).
+    placement : inference.engine.devices.Placement or None
+        With ``devices=``: the mesh and how the model's data are split; None on one device.
     """
 
     model: Callable
@@ -158,6 +160,7 @@ class Target:
     num_grad_evals: int = 0
     num_density_evals: int = 0
     compile_s: float = 0.0
+    placement: Any = field(default=None, repr=False)
 
     @property
     def dim(self) -> int:
@@ -346,6 +349,37 @@ def _find_layout(model, args, kwargs) -> Layout:
     return layout, found["trace"]
 
 
+_LAYOUTS: list = []
+
+
+def find_layout(model, args: tuple, kwargs: dict, *, keep: bool = True) -> tuple[Layout, dict]:
+    """The model's flat layout and prototype trace (an abstract trace; nothing is computed).
+
+    With ``keep=True`` the answer is kept for the next call with the same model and argument
+    objects (one entry), which takes it back (``keep=False``): deciding on the model's size
+    before building its target costs one abstract trace, not two.
+    """
+    key = (id(model), tuple(map(id, args)), tuple(sorted((k, id(v)) for k, v in kwargs.items())))
+    for i, entry in enumerate(_LAYOUTS):
+        if entry[0] == key and entry[1] is model:
+            found = entry[2]
+            if not keep:
+                del _LAYOUTS[i]
+            if isinstance(found, Exception):
+                raise found
+            return found
+    try:
+        found = _find_layout(model, args, kwargs)
+    except ValueError as err:
+        found = err
+    if keep:
+        # The arguments are held so that their ids stay theirs while the entry lives.
+        _LAYOUTS[:] = [(key, model, found, args, kwargs)]
+    if isinstance(found, Exception):
+        raise found
+    return found
+
+
 def _log_density_fn(model, args, kwargs, layout):
     from numpyro.infer.util import potential_energy
 
@@ -440,7 +474,9 @@ def _predictive_program(model, args, kwargs, layout, batch_size):
     return _aot(jax.vmap(one), jax.ShapeDtypeStruct((batch_size, layout.size), jnp.float64), key_shape)
 
 
-def make_target(model: Callable, args: tuple = (), kwargs: dict | None = None, *, batch_size: int = 32) -> Target:
+def make_target(
+    model: Callable, args: tuple = (), kwargs: dict | None = None, *, batch_size: int = 32, devices=None
+) -> Target:
     """Trace ``model`` once and compile its log density, gradient and prior program.
 
     Parameters
@@ -452,6 +488,11 @@ def make_target(model: Callable, args: tuple = (), kwargs: dict | None = None, *
     batch_size : int
         ``B``: points per call of the compiled log density (the ELBO's particles, MAP starts and
         line-search trials, verdict draws all come in batches of ``B``).
+    devices : None, int, "all", "local" or sequence of jax devices
+        Split the model's data along its experiments over these devices
+        (:mod:`inference.engine.devices`): the data arrays become inputs of the program, placed
+        with ``NamedSharding`` over a one-dimensional mesh. None (default): one device, the data
+        are constants of the program.
 
     Returns
     -------
@@ -468,7 +509,7 @@ def make_target(model: Callable, args: tuple = (), kwargs: dict | None = None, *
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 2:
         raise ValueError(f"batch_size must be an integer of at least 2, got {batch_size!r}")
     t0 = time.perf_counter()
-    layout, trace = _find_layout(model, args, kwargs)
+    layout, trace = find_layout(model, args, kwargs, keep=False)
     subsampled = [n for n, s in trace.items() if s["type"] == "plate" and s["args"][1] is not None and s["args"][1] != s["args"][0]]
     if subsampled:
         raise ValueError(
@@ -495,13 +536,72 @@ def make_target(model: Callable, args: tuple = (), kwargs: dict | None = None, *
 
         return jax.lax.switch(mode, (density_and_grad, density, starts), None)
 
-    program = _aot(
-        target_program,
-        jax.ShapeDtypeStruct((B, d), jnp.float64),
-        jax.ShapeDtypeStruct((B, 2), jnp.int64),
-        jax.ShapeDtypeStruct((B,), jnp.float64),
-        jax.ShapeDtypeStruct((), jnp.int32),
-    )
+    from .devices import resolve_devices
+
+    chosen = resolve_devices(devices)
+    placement = None
+    if chosen is None:
+        program = _aot(
+            target_program,
+            jax.ShapeDtypeStruct((B, d), jnp.float64),
+            jax.ShapeDtypeStruct((B, 2), jnp.int64),
+            jax.ShapeDtypeStruct((B,), jnp.float64),
+            jax.ShapeDtypeStruct((), jnp.int32),
+        )
+    else:
+        program, placement = _sharded_program(model, layout, trace, args, kwargs, B, chosen)
     idle = (jnp.zeros((B, 2), jnp.int64), jnp.zeros(B), jnp.zeros((B, d)))
     return Target(model, tuple(args), kwargs, layout, B, program, idle, prototype_trace=trace,
-                  compile_s=time.perf_counter() - t0)
+                  compile_s=time.perf_counter() - t0, placement=placement)
+
+
+class _ShardedProgram:
+    """The target program over a mesh: inputs placed, outputs handed back on the default device."""
+
+    def __init__(self, compiled, placement):
+        self.compiled = compiled
+        self.placement = placement
+
+    def __call__(self, u, seeds, spreads, mode):
+        put = self.placement.put
+        out = self.compiled(put(u), put(seeds), put(spreads), put(np.int32(mode)), *self.placement.data)
+        return tuple(self.placement.local(x) for x in out)
+
+
+def _sharded_program(model, layout, trace, args, kwargs, B, devices):
+    """The target program with the model's data as inputs split along the experiments (see :mod:`.devices`)."""
+    from .devices import placement_for
+
+    placement = placement_for(devices, args, kwargs, trace)
+    d = layout.size
+
+    def target_program(u, seeds, spreads, mode, *data):
+        args_, kwargs_ = placement.rebuild(data)
+        value_and_grad_one, log_density_one = _log_density_fn(model, args_, kwargs_, layout)
+        prior = jax.vmap(_prior_fn(model, args_, kwargs_, layout))
+
+        def density_and_grad(_):
+            logp, grad = jax.vmap(value_and_grad_one)(u)
+            return logp, grad, jnp.zeros((B, d))
+
+        def density(_):
+            return jax.vmap(log_density_one)(u), jnp.zeros((B, d)), jnp.zeros((B, d))
+
+        def starts(_):
+            return jnp.zeros(B), jnp.zeros((B, d)), prior(seeds, spreads)
+
+        return jax.lax.switch(mode, (density_and_grad, density, starts), None)
+
+    rep = placement.replicated
+    shapes = [
+        jax.ShapeDtypeStruct((B, d), jnp.float64, sharding=rep),
+        jax.ShapeDtypeStruct((B, 2), jnp.int64, sharding=rep),
+        jax.ShapeDtypeStruct((B,), jnp.float64, sharding=rep),
+        jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
+    ] + [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) for x in placement.data]
+    compiled = (
+        jax.jit(target_program, in_shardings=tuple(s.sharding for s in shapes), out_shardings=(rep, rep, rep))
+        .lower(*shapes)
+        .compile()
+    )
+    return _ShardedProgram(compiled, placement), placement

@@ -23,6 +23,7 @@ from .mechanism import (
 )
 from .model import NOISE_MODELS, KineticsModel, Trajectories, default_priors, model
 from .ode import GRADIENT_METHODS, SOLVERS, SolverOptions, make_grid_solver, make_solver, solve, time_increments
+from .plate import PlateData, PlateModel, plate_model, read_plate
 from .priors import DISTRIBUTIONS, PriorError, as_prior, describe_prior, parse_prior
 
 __all__ = [
@@ -64,4 +65,8 @@ __all__ = [
     "KineticsJob",
     "ConfigError",
     "DEMO_CONFIG",
+    "PlateData",
+    "PlateModel",
+    "plate_model",
+    "read_plate",
 ]

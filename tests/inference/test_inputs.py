@@ -279,7 +279,7 @@ def test_builder_arguments_of_the_wrong_kind(folder):
         kinetics.model("A -> B : k", data, noise={"a": "normal"}, initial={"A": 1.0})
     with pytest.raises(ValueError, match="negative amount -1"):
         kinetics.model("A -> B : k", data, doses=[{"species": "A", "amount": -1, "time": 0}], initial={"A": 1.0})
-    with pytest.raises(DataError, match="the data must be the path of a CSV file"):
+    with pytest.raises(TypeError, match="dataset must be a kinetics.Dataset or the path of a CSV file, got ndarray"):
         kinetics.model("A -> B : k", np.zeros(3), initial={"A": 1.0})
 
 

@@ -653,6 +653,13 @@ def model(
     >>> m.latent_sites
     ('k', 'sigma')
     """
+    from .arguments import check_builder_arguments
+
+    # Argument kinds first (a list of priors, a boolean concentration, a misspelt solver option):
+    # a sentence naming the argument, not an error from deep inside the builder.
+    check_builder_arguments(
+        dataset=dataset, priors=priors, initial=initial, solver=solver, noise=noise, conditions=conditions
+    )
     uses_laws = isinstance(mechanism, str) and ("arrhenius" in mechanism or "eyring" in mechanism)
     if observables or conditions or hierarchy or doses or uses_laws or isinstance(noise, Mapping):
         from .experiments import build
@@ -680,11 +687,8 @@ def model(
         raise ValueError(
             f"the rate constant name {NOISE_SITE!r} is reserved for the noise scale; rename it in the mechanism"
         )
-    if noise == "lognormal" and np.any(data.values[data.mask] <= 0):
-        raise ValueError(
-            "noise='lognormal' needs positive measurements, and this data set has zero or negative "
-            "values; use noise='normal' or 'proportional'"
-        )
+    if noise == "lognormal":
+        data.require_positive(why="noise='lognormal'", fix="use noise='normal' or 'proportional'")
     clashes = [sp for sp in mech.species if _initial_site(sp) in mech.parameters]
     if clashes:
         raise ValueError(

@@ -49,7 +49,7 @@ def test_default_priors_follow_the_scaling_rule(decay_data):
         ({"initial": {"A": 1.0, "C": 2.0}}, "'C', which the mechanism does not have"),
         ({"initial": {"A": [1.0, 2.0]}}, "one per experiment"),
         ({"initial": {"A": 1.0}, "priors": {"kk": "Normal(0, 1)"}}, "prior given for 'kk'"),
-        ({"initial": {"A": 1.0}, "noise": "gaussian"}, "unknown noise model 'gaussian'"),
+        ({"initial": {"A": 1.0}, "noise": "gaussian"}, "noise is 'gaussian', an unknown noise model"),
         ({"initial": {"A": 1.0}, "priors": {"k": "Gamma(-1, 1)"}}, "'k'"),
     ],
 )

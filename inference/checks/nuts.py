@@ -237,6 +237,10 @@ class NutsResult:
         groups = {
             str(g): tree[g].to_dataset() for g in tree.children if g not in ("observed_data", "log_likelihood")
         }
+        # Sites named with a leading underscore are the model's bookkeeping (e.g. a kinetics model's
+        # ODE solve status), not parameters: kept out as in inference.to_arviz.
+        hidden = [name for name in groups["posterior"].data_vars if str(name).startswith("_")]
+        groups["posterior"] = groups["posterior"].drop_vars(hidden)
         if observed:
             groups["observed_data"] = arviz_base.dict_to_dataset(
                 observed, coords=coords, dims=observed_dims, sample_dims=[], inference_library=numpyro

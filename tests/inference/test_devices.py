@@ -164,7 +164,8 @@ model, data = plate()
 target = make_target(model, (data,), {}, batch_size=8, devices="all")
 x = np.load(sys.argv[3])
 value, grad = target.log_density(x, grad=True)
-result = fit(model, data, guide="multivariate_normal", progress=False, seed=0, devices="all")
+result = fit(model, data, guide="normal", lr=0.01, min_steps=200, max_steps=200, progress=False, seed=0,
+             devices="all")
 np.savez(sys.argv[4], value=value, grad=grad, loc=result.params["auto_loc"], description=target.placement.describe())
 """
 

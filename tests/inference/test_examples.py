@@ -1,5 +1,6 @@
 """Every example runs at small size and gives a sensible answer."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ def test_every_example_is_tested():
         "choosing_a_guide",
         "engine_tour",
         "real_experiments",
+        "many_experiments",
         "interrupt_and_resume",
         # run by their own test files at small size:
         "mixture_gumbel_softmax",  # tests/vi_models/test_relaxed.py
@@ -104,6 +106,16 @@ def test_engine_tour_example_matches_the_closed_form(load_example):
     sd = out["sd"].min()
     assert out["dadvi_mean_error"] < 0.01 * sd and out["dadvi_cov_error"] < 0.01 * sd**2
     assert out["grad_evals"] > 0 and out["grad_evals"] % 16 == 0  # whole batches of B = 16 points
+
+
+def test_many_experiments_example_pools_the_wells(tmp_path, load_example):
+    """1200 wells through guide='auto''s large-model path; the shrinkage plot is written."""
+    out = load_example("many_experiments").main(small=True, out=str(tmp_path))
+    assert out["attempts"] == ["map", "normal"] and out["guide"] == "normal"
+    mu, mu_sd = out["mu"]
+    assert abs(mu - math.log(0.35)) < 3 * mu_sd
+    assert 0.85 < out["coverage90"] < 0.95 and out["rmse_pooled"] < out["rmse_alone"]
+    assert Path(out["figure"]).stat().st_size > 10_000
 
 
 @pytest.mark.slow

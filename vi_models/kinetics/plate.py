@@ -51,10 +51,10 @@ import numpyro.distributions as dist
 
 from .mechanism import Mechanism
 from .model import FAILED_SITE
-from .ode import expm_small, make_solver, time_increments
+from .ode import expm_small, make_solver
 from .priors import as_prior
 
-__all__ = ["PlateData", "PlateModel", "read_plate", "plate_model", "EXPERIMENT_COLUMNS", "TIME_COLUMNS"]
+__all__ = ["PlateData", "PlateModel", "read_plate", "plate_model", "increments", "EXPERIMENT_COLUMNS", "TIME_COLUMNS"]
 
 #: Accepted names (lower case) of the experiment column.
 EXPERIMENT_COLUMNS = ("experiment", "exp", "run", "well")
@@ -84,7 +84,8 @@ class PlateData:
     species : tuple of str
         Measured columns (static).
     steps : tuple of float
-        The distinct time increments (static); see :func:`vi_models.kinetics.time_increments`.
+        The distinct time increments (static) when there are at most ``T`` of them (a shared or
+        regular grid), else empty (every experiment its own times); see :func:`increments`.
     source : str
         Where the data came from.
     read_seconds : float
@@ -126,7 +127,10 @@ class PlateData:
 
     def describe(self) -> str:
         """One line: experiments, points, species and memory."""
-        grid = "one time grid" if len(self.steps) <= 1 else f"{len(self.steps)} distinct time steps"
+        grid = (
+            "times differ between experiments" if not self.steps
+            else "one time grid" if len(self.steps) <= 2 else f"{len(self.steps)} distinct time steps"
+        )
         read = f", read in {self.read_seconds:.2f} s" if self.read_seconds else ""
         return (
             f"{self.n_experiments} experiments x up to {np.shape(self.times)[1]} times, species "
@@ -146,10 +150,10 @@ class PlateData:
         """The first ``n`` experiments, as a new plate (NumPy arrays)."""
         sl = slice(0, int(n))
         times = np.asarray(self.times)[sl]
-        steps, index = time_increments(times)
+        steps, index = increments(times)
         return PlateData(
-            times, np.asarray(self.values)[sl], np.asarray(self.mask)[sl], index.astype(np.int32),
-            tuple(self.experiments[sl]), self.species, tuple(float(s) for s in steps), self.source,
+            times, np.asarray(self.values)[sl], np.asarray(self.mask)[sl], index,
+            tuple(self.experiments[sl]), self.species, steps, self.source,
             complete=bool(np.all(np.asarray(self.mask)[sl])),
         )
 
@@ -199,6 +203,28 @@ class PlateData:
 jax.tree_util.register_pytree_node(PlateData, PlateData.tree_flatten, PlateData.tree_unflatten)
 
 
+def increments(times: np.ndarray, *, rtol: float = 1e-9) -> tuple[tuple, np.ndarray]:
+    """The distinct time increments of a plate and the index of each, vectorized.
+
+    ``t_i - t_(i-1)`` (from ``t = 0``) agreeing to ``rtol`` times the largest time are one step
+    (their mean). When there are more distinct steps than times per experiment (every experiment
+    its own times) the steps are not kept: ``((), zeros)``.
+
+    Returns
+    -------
+    (tuple of float, ndarray of int32 (E, T))
+    """
+    times = np.asarray(times, dtype=float)
+    deltas = np.diff(times, axis=-1, prepend=0.0)
+    scale = max(float(np.max(np.abs(times))) if times.size else 1.0, 1e-300) * rtol
+    unique, index = np.unique(np.round(deltas / scale), return_inverse=True)
+    if unique.size > times.shape[-1]:
+        return (), np.zeros(times.shape, np.int32)
+    index = index.reshape(deltas.shape)
+    means = np.bincount(index.ravel(), weights=deltas.ravel()) / np.bincount(index.ravel())
+    return tuple(float(x) for x in means), index.astype(np.int32)
+
+
 def _assemble(times, values, observed, species, experiments, source, seconds) -> PlateData:
     """Check and finish a plate: times non-decreasing from 0, padding, step index."""
     E, T, _ = values.shape
@@ -212,15 +238,15 @@ def _assemble(times, values, observed, species, experiments, source, seconds) ->
     labels = tuple(str(e) for e in range(E)) if experiments is None else tuple(str(x) for x in experiments)
     if len(labels) != E:
         raise ValueError(f"{E} experiments but {len(labels)} labels")
-    steps, index = time_increments(times)
+    steps, index = increments(times)
     return PlateData(
         times=times,
         values=np.where(observed, values, 0.0),
         mask=observed,
-        step_index=index.astype(np.int32),
+        step_index=index,
         experiments=labels,
         species=species,
-        steps=tuple(float(s) for s in steps),
+        steps=steps,
         source=source,
         read_seconds=seconds,
         complete=bool(np.all(observed)),
@@ -390,7 +416,7 @@ def _linear_plate_solver(mechanism: Mechanism):
     n = len(mechanism.species)
 
     def solve(y0, k, data: PlateData):
-        steps = jnp.asarray(data.steps)
+        steps = jnp.asarray(data.steps, dtype=float)
 
         def generator(k_e):
             K, b = mechanism.linear_system(k_e)
@@ -398,7 +424,7 @@ def _linear_plate_solver(mechanism: Mechanism):
             return M.at[:n, :n].set(K).at[:n, n].set(b)
 
         M = jax.vmap(generator)(k)  # (b, n+1, n+1)
-        if steps.shape[0] <= data.times.shape[1]:
+        if 0 < steps.shape[0] <= data.times.shape[1]:
             step_maps = jax.vmap(lambda m: jax.vmap(lambda h: expm_small(h * m))(steps))(M)  # (b, U, ...)
             maps = jnp.take_along_axis(step_maps, data.step_index[:, :, None, None], axis=1)  # (b, T, ...)
         else:

@@ -159,15 +159,14 @@ def worker(csv: str, truth: str, out: str) -> None:
 def nuts_worker(which: str, warmup: int, samples: int, out: str) -> None:
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
-    import jax  # noqa: F401
+    import jax
 
     import inference  # noqa: F401 - float64, as every process of the benchmarks
-    from numpyro.infer import MCMC, NUTS
+
+    from numpyro.infer import MCMC, NUTS  # noqa: I001 - after inference: float64 first
 
     sys.path.insert(0, str(HERE))
     import problems
-
-    import jax.numpy as jnp
 
     if which == "plain":
         model, args = problems.plain_numpyro_model("d"), ()
@@ -197,7 +196,6 @@ def nuts_worker(which: str, warmup: int, samples: int, out: str) -> None:
         "divergences": int(np.sum(np.asarray(extra["diverging"]))),
         "load_start": load0, "load_end": os.getloadavg()[0],
     }
-    del jnp
     Path(out).write_text(json.dumps(record))
 
 

@@ -48,7 +48,6 @@ import time
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -123,7 +123,14 @@ def minibatch_verdict(result: FitResult, *, full_data: dict | None = None, num_s
         errors), and either the full-data checks or ``not checked`` (use with care) naming the
         checks a minibatch fit cannot have.
     """
-    from ..checks.diagnostics import CARE, RELIABLE, UNRELIABLE, Check, Verdict, check_stopping
+    from ..checks.diagnostics import (
+        CARE,
+        RELIABLE,
+        UNRELIABLE,
+        Check,
+        Verdict,
+        check_stopping,
+    )
 
     plates = result.subsampled_plates
     if not plates:

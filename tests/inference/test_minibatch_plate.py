@@ -19,7 +19,6 @@ from numpyro.infer.autoguide import AutoNormal
 import inference  # noqa: F401 - float64
 from inference import fit, minibatch_rule, minibatch_verdict, site_moments
 from inference.engine.stopping import PlateauRule
-from inference.engine.target import make_target
 from vi_models.kinetics import PlateData, plate_model, read_plate, solve
 from vi_models.kinetics.mechanism import Mechanism
 

@@ -415,7 +415,7 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
         from .large import fit_large, is_large
 
         if is_large(model, args, kwargs):  # many latent dimensions: see inference.engine.large
-            return fit_large(model, args, kwargs, settings)
+            return fit_large(model, args, kwargs, settings, control=control)
     target = target_for(model, args, kwargs, base) if flat else None
     problem = None
     if target is None:

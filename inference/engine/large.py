@@ -51,6 +51,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from .checkpoint import FitControl
 from .families import Family, make_family
 from .posterior import FlatPosterior, public_params
 from .result import FitResult, Timings
@@ -142,7 +143,7 @@ def _two_loop(g, S, Y):
 
 
 def find_map_large(target, x: np.ndarray, *, max_iter: int = 500, gtol: float = 1e-3, ftol: float = 1e-9,
-                   memory: int = 10) -> tuple[np.ndarray, float, int]:
+                   memory: int = 10, stage=None) -> tuple[np.ndarray, float, int]:
     """The MAP from one start by L-BFGS, every line search in batches of the target (no Hessian, nothing ``d x d``).
 
     Each line search evaluates ``B`` step lengths ``2, 1, 1/2, ...`` along the L-BFGS direction in
@@ -150,21 +151,45 @@ def find_map_large(target, x: np.ndarray, *, max_iter: int = 500, gtol: float = 
     and takes the best that does. It stops when the largest gradient component is below ``gtol``
     or two iterations in a row improve the log density by less than ``ftol (1 + |log p|)``.
 
+    A ``stage`` (:class:`inference.engine.checkpoint.Stage`) is read at every iteration: a
+    requested stop ends the search there, its state saved; a saved state is continued from.
+
     Returns
     -------
     (ndarray (d,), float, int)
         The point, its log density and the iterations taken.
     """
+    from .checkpoint import list_arrays, list_restore
+
     B = target.batch_size
     base = 2.0 ** (1 - np.arange(B))
     x = np.array(x, dtype=float)
-    f, g = target.log_density(x[None], grad=True)
-    f, g = float(f[0]), g[0]
-    if not np.isfinite(f):
-        return x, f, 0
-    S, Y = [], []
-    it, small = 0, 0
-    for it in range(1, max_iter + 1):
+    d = x.size
+    saved = stage.saved if stage is not None else None
+    if saved is not None:
+        x, f, g = np.array(saved["x"]), float(saved["f"]), np.array(saved["g"])
+        S, Y = list_restore("S", saved), list_restore("Y", saved)
+        first, small = int(saved["it"]), int(saved["small"])
+    else:
+        f, g = target.log_density(x[None], grad=True)
+        f, g = float(f[0]), g[0]
+        if not np.isfinite(f):
+            return x, f, 0
+        S, Y = [], []
+        first, small = 1, 0
+
+    def snapshot():
+        return dict(list_arrays("S", S, d), **list_arrays("Y", Y, d), x=x, f=np.asarray(f), g=g,
+                    it=np.asarray(it), small=np.asarray(small))
+
+    it = first - 1
+    for it in range(first, max_iter + 1):
+        if stage is not None and it > first:
+            if stage.stop:
+                stage.halt(snapshot)
+                it -= 1
+                break
+            stage.save(snapshot)
         p = _two_loop(g, S, Y) if S else g / max(1.0, math.sqrt(_dot(g, g)))
         if not _dot(p, g) > 0:
             S, Y = [], []
@@ -232,7 +257,7 @@ class MeanFieldRun(NamedTuple):
 
 def fit_mean_field(target, loc: np.ndarray, scale: np.ndarray, *, max_iter: int = 40, pairs: int = 16,
                    probes: int = 32, settle: float = 0.1, average: int = 4, seed: int = 0, fallback: float = 0.1,
-                   progress: bool = False) -> MeanFieldRun:
+                   progress: bool = False, stage=None) -> MeanFieldRun:
     r"""The mean-field Gaussian ELBO maximized by Newton steps on its fixed-point equations, on fresh draws.
 
     The optimum of :math:`\mathcal L(m, s) = E_q[\log p(u)] + \sum_i \log s_i + \text{const}`,
@@ -254,7 +279,9 @@ def fit_mean_field(target, loc: np.ndarray, scale: np.ndarray, *, max_iter: int 
 
     It stops (``CONVERGED``) after ``average`` averaging iterations whose proposals stay below
     ``settle`` sds, and reports ``MAX_STEPS`` after ``max_iter``. Each iteration costs
-    ``2 pairs + 2 probes + 1`` gradient evaluations, whatever ``d``.
+    ``2 pairs + 2 probes + 1`` gradient evaluations, whatever ``d``. A ``stage``
+    (:class:`inference.engine.checkpoint.Stage`) is read at every iteration: a requested stop
+    ends the fit there (``INTERRUPTED``), its state saved; a saved state is continued from.
     """
     from tqdm.auto import tqdm
 
@@ -262,10 +289,28 @@ def fit_mean_field(target, loc: np.ndarray, scale: np.ndarray, *, max_iter: int 
     losses, nonfinite = [], 0
     stop = StopReason.MAX_STEPS
     rate, previous, averaged = 1.0, math.inf, 0
+    first = 0
+    saved = stage.saved if stage is not None else None
+    if saved is not None:
+        loc, scale, losses = np.array(saved["loc"]), np.array(saved["scale"]), list(saved["losses"])
+        nonfinite, rate, previous = int(saved["nonfinite"]), float(saved["rate"]), float(saved["previous"])
+        averaged, first = int(saved["averaged"]), int(saved["it"])
+
+    def snapshot():
+        return dict(loc=loc, scale=scale, losses=np.asarray(losses), nonfinite=np.asarray(nonfinite),
+                    rate=np.asarray(rate), previous=np.asarray(previous), averaged=np.asarray(averaged),
+                    it=np.asarray(it))
+
     bar = tqdm(total=max_iter, desc="vifit normal (large)", unit="iteration", disable=None if progress else True,
                leave=False, dynamic_ncols=True)
     try:
-        for it in range(max_iter):
+        for it in range(first, max_iter):
+            if stage is not None and it > first:
+                if stage.stop:
+                    stage.halt(snapshot)
+                    stop = StopReason.INTERRUPTED
+                    break
+                stage.save(snapshot)
             rng = np.random.default_rng([seed, 7, it])
             half = rng.standard_normal((pairs, d))
             eps = np.concatenate([half, -half])
@@ -335,7 +380,7 @@ def _default_rule(settings: FitSettings) -> PlateauRule:
     return PlateauRule(min_steps=200, max_steps=5000, window=100, max_window=1000)
 
 
-def fit_large(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitResult:
+def fit_large(model, args: tuple, kwargs: dict, settings: FitSettings, *, control=None) -> FitResult:
     """``guide="auto"`` for a model with more than :data:`LARGE_DIM` latent dimensions (see the module docstring).
 
     Parameters
@@ -348,6 +393,9 @@ def fit_large(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitRes
         rule adds stochastic VI from the fixed point (in posterior sds per step; the rule's limits
         apply to it). ``guide_options`` may give ``map_starts`` (0 skips the MAP stage) and
         ``khat_draws``.
+    control : inference.engine.checkpoint.FitControl, optional
+        The interrupt request and checkpoint: the MAP stage and the mean-field fit are stages of
+        the checkpoint, each saved at every iteration it takes and continued on resume.
 
     Returns
     -------
@@ -370,6 +418,8 @@ def fit_large(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitRes
     P = settings.num_particles or LARGE_PARTICLES
     target = make_target(model, args, kwargs, batch_size=max(2, P), devices=settings.devices)
     d = target.dim
+    control = control if control is not None else FitControl()
+    control.open(target)
     values = dict(getattr(model, "initial_values", lambda: {})() or {}) if callable(getattr(model, "initial_values", None)) else {}
     attempts = []
 
@@ -379,7 +429,14 @@ def fit_large(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitRes
     centre = target.starts(1, seed=settings.seed, values=values)
     x_map = centre[0]
     if map_starts > 0:
-        found, log_p, iters = find_map_large(target, centre[0])
+        stage = control.stage("map (large)")
+        done = stage.result()
+        if done is not None:
+            found, log_p, iters = np.array(done["x"]), float(done["f"]), int(done["it"])
+        else:
+            found, log_p, iters = find_map_large(target, centre[0], stage=stage)
+            if not stage.halted:
+                stage.finish({"x": found, "f": np.asarray(log_p), "it": np.asarray(iters)})
         if np.isfinite(log_p):
             x_map = found
             outcome = "start"
@@ -398,19 +455,31 @@ def fit_large(model, args: tuple, kwargs: dict, settings: FitSettings) -> FitRes
     scales, ok = diagonal_scales(target, x_map, seed=settings.seed, fallback=settings.init_scale)
     if not ok.any():
         scales = np.full(d, settings.init_scale)
-    run = fit_mean_field(target, x_map, scales, seed=settings.seed, fallback=settings.init_scale,
-                         progress=settings.progress)
+    stage = control.stage("mean field (large)")
+    done = stage.result()
+    if done is not None:
+        run = MeanFieldRun(np.array(done["loc"]), np.array(done["scale"]), np.array(done["losses"]),
+                           StopReason(str(done["stop"])), int(done["iterations"]), int(done["nonfinite"]))
+    elif control.stopped:
+        # Stopped before this stage: what was learnt is the MAP and the curvature there.
+        run = MeanFieldRun(x_map, scales, np.zeros(0), StopReason.INTERRUPTED, 0, 0)
+    else:
+        run = fit_mean_field(target, x_map, scales, seed=settings.seed, fallback=settings.init_scale,
+                             progress=settings.progress, stage=stage)
+        if not stage.halted:
+            stage.finish({"loc": run.loc, "scale": run.scale, "losses": run.losses, "stop": np.asarray(str(run.stop_reason)),
+                          "iterations": np.asarray(run.iterations), "nonfinite": np.asarray(run.nonfinite)})
     loc, sd, losses = run.loc, run.scale, run.losses[None]
     stop, steps, nonfinite = run.stop_reason, run.iterations, np.array([run.nonfinite])
     compile_s = 0.0
     # 3. With a learning rate or an optimizer given: stochastic VI with it (Adam by default) from there,
     # in coordinates whitened by the fixed point (steps in units of each coordinate's sd).
-    if settings.optimizer is not None or settings.lr is not None:
+    if (settings.optimizer is not None or settings.lr is not None) and not control.stopped:
         ff = fit_family(
             target, _whitened_normal(loc, sd), {"delta": np.zeros((1, d)), "omega": np.zeros((1, d))},
             optimizer=settings.make_optimizer(), rule=_default_rule(settings), seed=settings.seed,
             chunk_size=settings.chunk_size, nonfinite_limit=settings.nonfinite_limit, progress=settings.progress,
-            desc="vifit normal (large, Adam)",
+            desc="vifit normal (large, Adam)", stage=control.stage("adam (large)"),
         )
         loc = loc + sd * np.asarray(ff.params["delta"])[0]
         sd = sd * np.exp(np.asarray(ff.params["omega"])[0])

@@ -233,3 +233,28 @@ def test_interrupt_restores_signal_handlers():
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested == "SIGTERM"
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_large_model_is_interrupted_and_resumed_bit_for_bit(tmp_path, monkeypatch):
+    """Above 1000 latent dimensions auto takes the large-model path (MAP, then the mean-field fixed point)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plates", Path(__file__).with_name("test_minibatch_plate.py"))
+    plates = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plates)
+    model, data, _ = plates.make_plate(1200, seed=3)
+    StopAfter.checks = 0
+    monkeypatch.setattr(fit_module, "Interrupt", lambda: StopAfter(None))
+    reference = fit(model, data, progress=False, seed=0)
+    total = StopAfter.checks
+    assert "large_model" in reference.settings
+    for k in (3, total - 2):  # in the MAP stage, then in the mean-field fit
+        path = tmp_path / f"large{k}.npz"
+        StopAfter.checks = 0
+        monkeypatch.setattr(fit_module, "Interrupt", lambda: StopAfter(k))
+        stopped = fit(model, data, progress=False, seed=0, checkpoint=path)
+        monkeypatch.setattr(fit_module, "Interrupt", Interrupt)
+        assert stopped.settings["interrupted"] == "SIGINT"
+        assert (stopped.attempts[-1].num_steps > 0) == (k > 3)  # stopped within the mean-field fit
+        resumed = fit(model, data, progress=False, seed=0, checkpoint=path, resume=True)
+        assert _same_params(resumed, reference)

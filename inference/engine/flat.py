@@ -45,7 +45,7 @@ def flat_guide(settings: FitSettings) -> str | None:
 def fixed_draws(settings: FitSettings, name: str) -> bool:
     """Whether family ``name`` is fitted on fixed draws (DADVI) under ``settings.draws``."""
     if settings.draws == "auto":
-        return name != "iaf" and settings.optimizer is None and settings.lr is None
+        return not name.startswith("iaf") and settings.optimizer is None and settings.lr is None
     return settings.draws == "fixed"
 
 

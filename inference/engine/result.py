@@ -23,7 +23,6 @@ def _seed(seed):
     return int(seed)
 
 
-
 def subsampled_plates(model, args=(), kwargs=None) -> dict:
     """Plates of ``model`` that draw a random subsample of their points on each run.
 

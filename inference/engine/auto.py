@@ -293,12 +293,12 @@ def exact_stage(result, *, seed: int, num_samples: int = 1000, khat_draws: int =
     The result draws from the chains (every draw once, uniformly resampled); its verdict rests
     on the chains' convergence: *reliable* when every split R-hat is at most 1.01, every bulk ESS
     at least 1000 (a mean's Monte Carlo error at most 0.03 sd), every tail ESS at least 400 and
-    no transition diverged; *use with care* up to R-hat 1.05, ESS 100
+    at most 1 in 2000 transitions diverged; *use with care* up to R-hat 1.05, ESS 100
     and 1% divergent transitions; else *unreliable*. Checks made while fitting (the MAP stage's
     modes) are kept.
     """
     from ..checks.diagnostics import Diagnosis, PsisResult, Verdict
-    from .transport import ESS_OK, ESS_TAIL_OK, RHAT_OK, transport_nuts
+    from .transport import DIVERGENT_OK, ESS_OK, ESS_TAIL_OK, RHAT_OK, transport_nuts
 
     posterior = result.posterior
     params = posterior.params(result.best_restart)
@@ -312,7 +312,7 @@ def exact_stage(result, *, seed: int, num_samples: int = 1000, khat_draws: int =
     else:
         level = UNRELIABLE
         advice = "the chains did not converge: run inference.nuts with more chains and draws, or reparameterize the model"
-    bounds = f"R-hat <= {RHAT_OK}, bulk ESS >= {ESS_OK}, tail ESS >= {ESS_TAIL_OK}, no divergence"
+    bounds = f"R-hat <= {RHAT_OK}, bulk ESS >= {ESS_OK}, tail ESS >= {ESS_TAIL_OK}, at most {DIVERGENT_OK:.2%} divergent"
     check = Check(
         "exact stage",
         level,

@@ -40,11 +40,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["TransportRun", "transport_nuts", "RHAT_OK", "ESS_OK", "ESS_TAIL_OK"]
+__all__ = ["TransportRun", "transport_nuts", "RHAT_OK", "ESS_OK", "ESS_TAIL_OK", "DIVERGENT_OK"]
 
 #: Largest split R-hat, smallest bulk ESS (a mean then has a Monte Carlo error of at most 0.03 sd)
 #: and smallest tail ESS of draws called converged.
 RHAT_OK, ESS_OK, ESS_TAIL_OK = 1.01, 1000, 400
+
+#: Largest share of divergent transitions of draws called converged (1 in 2000: a rare divergence in
+#: a heavy tail, not a region the chains cannot enter).
+DIVERGENT_OK = 5e-4
 
 
 class TransportRun(NamedTuple):
@@ -80,12 +84,13 @@ class TransportRun(NamedTuple):
 
     @property
     def converged(self) -> bool:
-        """R-hat at most :data:`RHAT_OK`, bulk ESS at least :data:`ESS_OK`, tail ESS at least :data:`ESS_TAIL_OK`, no divergence."""
+        """R-hat at most :data:`RHAT_OK`, bulk ESS at least :data:`ESS_OK`, tail ESS at least :data:`ESS_TAIL_OK`,
+        divergent transitions at most :data:`DIVERGENT_OK` of all."""
         return bool(
             np.all(self.rhat <= RHAT_OK)
             and np.all(self.ess_bulk >= ESS_OK)
             and np.all(self.ess_tail >= ESS_TAIL_OK)
-            and self.divergences == 0
+            and self.divergences <= DIVERGENT_OK * self.num_chains * self.num_samples
         )
 
     def summary(self) -> str:
@@ -219,4 +224,7 @@ def _convergence(u: np.ndarray):
 
 def _converged(u: np.ndarray, divergences: int) -> bool:
     rhat, bulk, tail = _convergence(u)
-    return bool(np.all(rhat <= RHAT_OK) and np.all(bulk >= ESS_OK) and np.all(tail >= ESS_TAIL_OK) and divergences == 0)
+    return bool(
+        np.all(rhat <= RHAT_OK) and np.all(bulk >= ESS_OK) and np.all(tail >= ESS_TAIL_OK)
+        and divergences <= DIVERGENT_OK * u.shape[0] * u.shape[1]
+    )

@@ -218,7 +218,7 @@ def check_modes(locs: np.ndarray, losses: np.ndarray, scale_trils: np.ndarray, b
         shares = masses / masses.sum()
         return Check(
             "modes",
-            CARE,
+            UNRELIABLE,
             f"{where}; {len(symmetric) + 1} optima have the same density (a symmetry of the model, such as two rates "
             f"that can swap), with Laplace mass shares {', '.join(f'{s:.0%}' for s in shares)}; this fit describes "
             "the first of them",
@@ -230,7 +230,7 @@ def check_modes(locs: np.ndarray, losses: np.ndarray, scale_trils: np.ndarray, b
     if log_mass[top] > math.log(0.01):
         return Check(
             "modes",
-            CARE,
+            UNRELIABLE,
             f"{where}; the largest of those holds about {share:.0%} of the best one's Laplace mass, so the "
             "posterior may have several modes and this fit describes one of them",
             "compare with inference.nuts (several chains), or give priors that rule the other mode out",

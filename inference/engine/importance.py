@@ -95,13 +95,14 @@ def _student_t_logpdf(u, loc, scale_tril, df):
     return gammaln((df + d) / 2) - gammaln(df / 2) - 0.5 * d * np.log(df * np.pi) - log_det - 0.5 * (df + d) * np.log1p(maha / df)
 
 
-def _acceptable(diagnosis) -> bool:
+def _acceptable(diagnosis, redone=("psis", "curvature")) -> bool:
+    """Whether weights of this ``diagnosis`` are usable and no check that stays (not in ``redone``) is unreliable."""
     from ..checks.diagnostics import KHAT_OK, UNRELIABLE
 
     n = diagnosis.psis.log_weights.size
     if not diagnosis.psis.khat <= KHAT_OK or diagnosis.psis.ess < max(MIN_ESS, MIN_ESS_FRACTION * n):
         return False
-    return all(c.level != UNRELIABLE for c in diagnosis.verdict.checks if c.name not in ("psis", "curvature"))
+    return all(c.level != UNRELIABLE for c in diagnosis.verdict.checks if c.name not in redone)
 
 
 def _resampled_result(result, diagnosis, u, log_q, weights, shift, source: str, modes_found: int = 0):
@@ -184,7 +185,8 @@ def importance_resampled(result, diagnosis, *, df: float = 5.0, modes=None):
         log_p = result.posterior.target.log_density(m_u)
         _, weights, shift = check_psis(log_p, m_log_q, {lab: m_u[:, j] for j, lab in enumerate(labels)}, labels)
         trial = replace(diagnosis, psis=weights, shift=shift)
-        if _acceptable(trial):
+        # The modes check is made again too: the mixture's draws hold every optimum.
+        if _acceptable(trial, redone=("psis", "curvature", "modes")):
             w = np.exp(weights.log_weights)
             shares = np.array([w[which == m].sum() for m in range(len(modes))])
             source = (

@@ -244,3 +244,24 @@ def test_a_factor_is_named_where_no_observed_site_is_to_blame():
     # A kinetics model without a status site: its failed solve is still called one.
     found = fl.classify_draws(latent, log_p, loglik, sites=["mu"], factors=["ode_solve_failed"])
     assert "an ODE solve failed there" in found.cause and "--stiff" in found.advice
+
+
+def test_an_experiment_model_records_its_solve_status_and_has_a_stiff_variant():
+    """The real-experiments builder (observables): the same status site and stiff switch as a plain kinetics model."""
+    from numpyro import handlers
+
+    data = kinetics.Dataset.from_arrays(TIMES, STIFF_DATA)
+    model = kinetics.model(
+        STIFF, data, initial={"A": 1.0, "B": 0.0, "C": 0.0}, priors=STIFF_PRIORS, solver={"max_steps": 256},
+        observables={"A": "A", "B": "B", "C": "C"},
+    )
+    assert type(model).__name__ == "ExperimentModel"
+    at_median = {"k1": 1e4, "k2": 1e-2, "sigma": 0.01}
+    trace = handlers.trace(handlers.substitute(handlers.seed(model, 0), data=at_median)).get_trace()
+    assert int(np.max(np.asarray(trace[fl.STATUS_SITE]["value"]))) == 1  # tsit5 at its step limit
+    faults = fl.Faults(draws=10, ode_step_limit=10, zero_density=10, ode_failed=10)
+    stiff, sentence = fl.stiff_variant(model, faults)
+    assert stiff.solver.stiff and "refitted with the stiff solver kvaerno5" in sentence
+    trace = handlers.trace(handlers.substitute(handlers.seed(stiff, 0), data=at_median)).get_trace()
+    assert int(np.max(np.asarray(trace[fl.STATUS_SITE]["value"]))) == 0  # kvaerno5 solves it
+    assert stiff.with_stiff_solver() is None

@@ -183,7 +183,8 @@ def test_check_modes_weighs_separate_optima_by_laplace_mass():
     tril = np.stack([np.eye(2)] * 3)
     locs = np.array([[0.0, 0.0], [0.1, 0.0], [10.0, 0.0]])
     even = check_modes(locs, np.array([5.0, 5.0, 5.5]), tril, 0)  # third: exp(-0.5) = 61% of the mass
-    assert even.level == "use with care" and "2 of 3 MAP starts" in even.message and "61%" in even.message
+    # A fit of one mode leaves the other 38% of the mass out: unreliable, unless the mixture captures both.
+    assert even.level == "unreliable" and "2 of 3 MAP starts" in even.message and "61%" in even.message
     tiny = check_modes(locs, np.array([5.0, 5.0, 20.0]), tril, 0)  # exp(-15): negligible
     assert tiny.level == "reliable" and "less than 1%" in tiny.message
 
@@ -286,7 +287,7 @@ def test_check_modes_names_symmetric_optima_and_never_prints_nan():
     tril = np.stack([np.eye(2)] * 3)
     locs = np.array([[0.0, 0.0], [10.0, 0.0], [0.1, 0.0]])
     swap = check_modes(locs, np.array([5.0, 5.0, 5.0]), tril, 0)  # a mirror optimum of equal density
-    assert swap.level == "use with care" and "same density" in swap.message and "50%, 50%" in swap.message
+    assert swap.level == "unreliable" and "same density" in swap.message and "50%, 50%" in swap.message
     saddle = tril.copy()
     saddle[1] = np.nan  # the far start stopped where the Hessian is not negative definite
     stuck = check_modes(locs, np.array([5.0, 7.0, 5.0]), saddle, 0)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from .mechanism import Mechanism
 from .model import (
     _OBSERVED,
     FAILED_SITE,
+    STATUS_SITE,
     NOISE_MODELS,
     Trajectories,
     _noise_scale_estimate,
@@ -128,6 +129,7 @@ class ExperimentModel:
     solver: SolverOptions
     gradient: str
     _solve_one: Any = field(repr=False)
+    _atol: float = field(default=1e-8, repr=False)
 
     # -- names -------------------------------------------------------------------------------
     @property
@@ -227,8 +229,27 @@ class ExperimentModel:
                 cols.append(values[name])
         return jnp.stack(cols, axis=-1)
 
+    def with_stiff_solver(self) -> ExperimentModel | None:
+        """The same model solved with the stiff solver (``kvaerno5``), or None where that changes nothing.
+
+        None for a mechanism solved exactly (linear, by the matrix exponential), a model already
+        on the stiff solver, or a diffrax solver object given by the user. :func:`inference.fit`
+        refits with it once when the explicit solver reaches its step limit (see
+        :mod:`inference.engine.faults`).
+        """
+        options = self.solver
+        if self.gradient == "expm" or not isinstance(options.solver, str):
+            return None
+        if options.stiff or options.solver.lower() == "kvaerno5":
+            return None
+        stiff = replace(options, solver="tsit5", stiff=True)
+        return replace(
+            self, solver=stiff, gradient=stiff.gradient_method(self.mechanism),
+            _solve_one=make_solver(self.mechanism, stiff, atol=self._atol, status=True),
+        )
+
     def _solve(self, y0, times, k):
-        """Solve every experiment (vmapped), doses included; ``(E, T, S)`` and failed ``(E,)``."""
+        """Solve every experiment (vmapped), doses included; ``(E, T, S)`` and the solve status ``(E,)`` (0: solved)."""
         if self.doses is None:
             return jax.vmap(self._solve_one)(y0, times, k)
         d_times, d_amounts, d_index = (jnp.asarray(x) for x in self.doses)
@@ -239,7 +260,7 @@ class ExperimentModel:
             bounds = jnp.concatenate([jnp.zeros(1), dt, jnp.full(1, jnp.inf)])
             t_last = t_e[-1]
             out = jnp.zeros(t_e.shape + (n_species,))
-            failed = jnp.zeros((), bool)
+            status = jnp.zeros((), jnp.int32)
             y = y0_e
             for j in range(dt.shape[0] + 1):
                 start = bounds[j]
@@ -248,11 +269,11 @@ class ExperimentModel:
                 ys, f = solve_one(y, jnp.concatenate([local, (end - start)[None]]), k_e)
                 inside = (t_e >= start) & (t_e < bounds[j + 1])
                 out = jnp.where(inside[:, None], ys[:-1], out)
-                failed = failed | f
+                status = jnp.maximum(status, f)
                 y = ys[-1]
                 if j < dt.shape[0]:
                     y = y + jnp.zeros(n_species).at[di[j]].add(da[j])
-            return out, failed
+            return out, status
 
         return jax.vmap(one)(y0, times, k, d_times, d_amounts, d_index)
 
@@ -297,8 +318,10 @@ class ExperimentModel:
         """Run the model; ``values=None`` simulates measurements instead of conditioning."""
         data = self.dataset
         params, sampled, sigma = self._sample_sites()
-        ys, failed, mu = self._predict(params, sampled, jnp.asarray(data.times))
-        numpyro.factor(FAILED_SITE, jnp.where(jnp.any(failed), -jnp.inf, 0.0))
+        ys, status, mu = self._predict(params, sampled, jnp.asarray(data.times))
+        # Why each experiment's solve failed (0: it did not), for the engine's fault report.
+        numpyro.deterministic(STATUS_SITE, status)
+        numpyro.factor(FAILED_SITE, jnp.where(jnp.any(status != 0), -jnp.inf, 0.0))
         mask = np.asarray(data.mask)
         if values is _OBSERVED:
             obs = jnp.where(mask, jnp.nan_to_num(jnp.asarray(data.values), nan=1.0), 1.0)
@@ -417,7 +440,7 @@ class ExperimentModel:
             return jax.vmap(one)(draws, jax.random.split(key, n))
 
         ys, failed, mu, pred = run(draws, jax.random.PRNGKey(seed))
-        failed = np.asarray(failed)
+        failed = np.asarray(failed) != 0
         return Trajectories(
             grid,
             np.asarray(ys),
@@ -819,7 +842,8 @@ def build(
         doses=dose_arrays,
         solver=options,
         gradient=gradient,
-        _solve_one=make_solver(mech, options, atol=1e-8 * c),
+        _solve_one=make_solver(mech, options, atol=1e-8 * c, status=True),
+        _atol=1e-8 * c,
     )
 
 

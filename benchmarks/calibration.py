@@ -5,7 +5,7 @@ Two commands, run from the repository root::
     nice -n 5 .venv/bin/python benchmarks/calibration.py references            # long NUTS references
     nice -n 5 .venv/bin/python benchmarks/calibration.py references --problems d funnel --force
     nice -n 5 .venv/bin/python benchmarks/calibration.py run > /tmp/calib_run.log 2>&1 &
-    .venv/bin/python benchmarks/calibration.py run --problems a bod --guides auto --no-results
+    .venv/bin/python benchmarks/calibration.py run --problems a bod --guides auto --out /tmp/calib_ab.json
 
 ``references``
     For every problem of ``calibration_problems.py``, NumPyro NUTS with many chains (default 8 x
@@ -36,9 +36,10 @@ Two commands, run from the repository root::
     compared quantity: the error of the mean in reference sds and the ratio of the sds (log scale
     for positive quantities). The worst quantity sets the true error class: **A** every mean
     within 0.1 reference sd and every sd within 10%, **B** within 0.25 sd and 25%, **C** beyond.
-    Output: ``out/calibration.json`` (every row), ``out/calibration.md``, and the section
-    "## Calibration of the verdict (issue: hard posteriors)" of ``RESULTS.md`` (replaced when it is
-    there, appended when not; ``--no-results`` leaves RESULTS.md alone).
+    Output: ``out/calibration.json`` (every row; ``--out`` another path) and ``calibration.md``
+    beside it (the tables); with ``--results`` also the section "## Calibration of the verdict
+    (issue: hard posteriors)" of ``RESULTS.md`` (replaced when it is there, appended when not).
+    ``--problems``, ``--guides`` and ``--no-nuts`` run a part of it.
 """
 
 from __future__ import annotations
@@ -482,7 +483,7 @@ def _short(row) -> str:
     )
 
 
-def run(names, guides, with_nuts: bool, write_results: bool) -> dict:
+def run(names, guides, with_nuts: bool, write_results: bool, out_path: Path = OUT / "calibration.json") -> dict:
     refs = load_references()["problems"]
     missing = [n for n in names if n not in refs]
     if missing:
@@ -491,7 +492,7 @@ def run(names, guides, with_nuts: bool, write_results: bool) -> dict:
     started = _dt.datetime.now().isoformat(timespec="seconds")
     t_start = time.perf_counter()
     rows = []
-    OUT.mkdir(exist_ok=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     out = {"started": started, "machine": machine(), "commit": commit(), "versions": _versions(), "rows": rows}
     for name in names:
         model, args, kwargs, info = problems.build(name)
@@ -499,17 +500,17 @@ def run(names, guides, with_nuts: bool, write_results: bool) -> dict:
             row = _fit_row(name, guide, model, args, kwargs, info, refs[name])
             rows.append(row)
             print(_short(row), flush=True)
-            (OUT / "calibration.json").write_text(json.dumps(out, indent=1, default=_json_default))
+            out_path.write_text(json.dumps(out, indent=1, default=_json_default))
         if with_nuts:
             row = _nuts_row(name, model, args, kwargs, info, refs[name])
             rows.append(row)
             print(_short(row), flush=True)
-        (OUT / "calibration.json").write_text(json.dumps(out, indent=1, default=_json_default))
+        out_path.write_text(json.dumps(out, indent=1, default=_json_default))
     out["total_s"] = time.perf_counter() - t_start
     out["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
-    (OUT / "calibration.json").write_text(json.dumps(out, indent=1, default=_json_default))
+    out_path.write_text(json.dumps(out, indent=1, default=_json_default))
     md = markdown(out, refs)
-    (OUT / "calibration.md").write_text(md)
+    out_path.with_suffix(".md").write_text(md)
     print(md, flush=True)
     if write_results:
         write_section(md)
@@ -744,7 +745,14 @@ def main(argv=None) -> int:
     p_run.add_argument("--problems", nargs="+", default=names, choices=names)
     p_run.add_argument("--guides", nargs="+", default=list(GUIDES), choices=list(GUIDES))
     p_run.add_argument("--no-nuts", action="store_true", help="skip the NUTS timing runs")
-    p_run.add_argument("--no-results", action="store_true", help="leave RESULTS.md alone")
+    p_run.add_argument(
+        "--results",
+        action="store_true",
+        help=f"also write the section {HEADING[3:]!r} of RESULTS.md (replaced or appended)",
+    )
+    p_run.add_argument(
+        "--out", type=Path, default=OUT / "calibration.json", help="the JSON of every row (and .md beside it)"
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import inference  # noqa: F401  (float64 and the compilation cache, as for a user)
@@ -752,7 +760,7 @@ def main(argv=None) -> int:
     if args.command == "references":
         references(args.problems, args.force)
     else:
-        run(args.problems, args.guides, not args.no_nuts, not args.no_results)
+        run(args.problems, args.guides, not args.no_nuts, args.results, args.out)
     return 0
 
 

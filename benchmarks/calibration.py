@@ -493,7 +493,14 @@ def run(names, guides, with_nuts: bool, write_results: bool, out_path: Path = OU
     t_start = time.perf_counter()
     rows = []
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out = {"started": started, "machine": machine(), "commit": commit(), "versions": _versions(), "rows": rows}
+    out = {
+        "started": started,
+        "machine": machine(),
+        "commit": commit(),
+        "versions": _versions(),
+        "argv": " ".join(sys.argv[1:]) or "run",
+        "rows": rows,
+    }
     for name in names:
         model, args, kwargs, info = problems.build(name)
         for guide in guides:
@@ -550,14 +557,17 @@ def targets(out: dict, refs: dict) -> list[tuple[str, str, str]]:
     auto = [r for r in rows if r["guide"] == "auto"]
     res = []
     bad = [r["problem"] for r in auto if "error" in r or not (r["class"] == "A" or r["verdict"] == "unreliable")]
-    res.append(
-        (
-            "auto: every problem class A, or verdict 'unreliable'",
-            f"{len(auto) - len(bad)} of {len(auto)}" + (f"; not: {', '.join(bad)}" if bad else ""),
-            "met" if auto and not bad else "not met",
+    if auto:
+        res.append(
+            (
+                "auto: every problem class A, or verdict 'unreliable'",
+                f"{len(auto) - len(bad)} of {len(auto)}" + (f"; not: {', '.join(bad)}" if bad else ""),
+                "met" if auto and not bad else "not met",
+            )
         )
-    )
     for label, subset in (("auto", auto), ("all guides", rows)):
+        if not subset:
+            continue
         rel = [f"{r['problem']}/{r['guide']}" for r in subset if r.get("verdict") == "reliable" and r["class"] != "A"]
         care = [
             f"{r['problem']}/{r['guide']}" for r in subset if r.get("verdict") == "use with care" and r["class"] == "C"
@@ -616,7 +626,7 @@ def markdown(out: dict, refs: dict) -> str:
         "",
         "Does the verdict mean what it says? Every problem of the calibration set "
         "(`benchmarks/calibration_problems.py`) fitted with `guide='auto'` and with each single guide, "
-        "against a long NUTS reference (`benchmarks/data/calibration/references.json`; 8-16 chains, dense mass "
+        "against a long NUTS reference (`benchmarks/data/calibration/references.json`; 8 chains, dense mass "
         "matrix, r_hat <= 1.01). True error class of a fit, from its worst compared quantity (log scale for "
         "positive ones): **A** every mean within 0.1 reference sd and every sd within 10%, **B** within "
         "0.25 sd and 25%, **C** beyond.",
@@ -624,7 +634,8 @@ def markdown(out: dict, refs: dict) -> str:
         f"- **Date**: {out['started']} to {out.get('finished', '(unfinished)')}",
         f"- **Machine**: {out['machine']}; {', '.join(f'{k} {v}' for k, v in out['versions'].items())}",
         f"- **Commit**: {out['commit']}",
-        "- **Command**: `nice -n 5 .venv/bin/python benchmarks/calibration.py run` (fits with `seed=0`, "
+        f"- **Command**: `nice -n 5 .venv/bin/python benchmarks/calibration.py {out.get('argv', 'run')}` "
+        "(fits with `seed=0`, "
         f"`progress=False`; {DRAWS} draws per fit; NUTS 4 chains x (1000 + 1000) on the same model in the same "
         "process)",
         "",

@@ -475,7 +475,8 @@ def _predictive_program(model, args, kwargs, layout, batch_size):
 
 
 def make_target(
-    model: Callable, args: tuple = (), kwargs: dict | None = None, *, batch_size: int = 32, devices=None
+    model: Callable, args: tuple = (), kwargs: dict | None = None, *, batch_size: int = 32, devices=None,
+    sequential: bool = False,
 ) -> Target:
     """Trace ``model`` once and compile its log density, gradient and prior program.
 
@@ -493,6 +494,12 @@ def make_target(
         (:mod:`inference.engine.devices`): the data arrays become inputs of the program, placed
         with ``NamedSharding`` over a one-dimensional mesh. None (default): one device, the data
         are constants of the program.
+    sequential : bool
+        Evaluate the ``B`` points of a call one after another (``jax.lax.map``) instead of as one
+        vectorized batch (``jax.vmap``). For a model whose data are large, the arrays of one
+        point are what fits in the processor's caches: on a plate of 100,000 experiments x 15
+        times a batch of 4 vectorized points costs 0.48 us per experiment and point, 4 sequential
+        points 0.36 us (0.33 and 0.32 at 10,000 experiments). Same values either way.
 
     Returns
     -------
@@ -517,7 +524,7 @@ def make_target(
             "call to call; fit it through NumPyro's SVI (a guide object, or guide='normal' with objective='meanfield_elbo')"
         )
     value_and_grad_one, log_density_one = _log_density_fn(model, args, kwargs, layout)
-    value_and_grad, log_density = jax.vmap(value_and_grad_one), jax.vmap(log_density_one)
+    value_and_grad, log_density = _over_points(value_and_grad_one, sequential), _over_points(log_density_one, sequential)
     prior = jax.vmap(_prior_fn(model, args, kwargs, layout))
     B, d = int(batch_size), layout.size
 
@@ -549,7 +556,7 @@ def make_target(
             jax.ShapeDtypeStruct((), jnp.int32),
         )
     else:
-        program, placement = _sharded_program(model, layout, trace, args, kwargs, B, chosen)
+        program, placement = _sharded_program(model, layout, trace, args, kwargs, B, chosen, sequential)
     idle = (jnp.zeros((B, 2), jnp.int64), jnp.zeros(B), jnp.zeros((B, d)))
     return Target(model, tuple(args), kwargs, layout, B, program, idle, prototype_trace=trace,
                   compile_s=time.perf_counter() - t0, placement=placement)
@@ -568,7 +575,14 @@ class _ShardedProgram:
         return tuple(self.placement.local(x) for x in out)
 
 
-def _sharded_program(model, layout, trace, args, kwargs, B, devices):
+def _over_points(fn, sequential: bool):
+    """``fn`` of one point mapped over the points of a batch: vectorized, or one after another."""
+    if sequential:
+        return lambda u: jax.lax.map(fn, u)
+    return jax.vmap(fn)
+
+
+def _sharded_program(model, layout, trace, args, kwargs, B, devices, sequential=False):
     """The target program with the model's data as inputs split along the experiments (see :mod:`.devices`)."""
     from .devices import placement_for
 
@@ -581,11 +595,11 @@ def _sharded_program(model, layout, trace, args, kwargs, B, devices):
         prior = jax.vmap(_prior_fn(model, args_, kwargs_, layout))
 
         def density_and_grad(_):
-            logp, grad = jax.vmap(value_and_grad_one)(u)
+            logp, grad = _over_points(value_and_grad_one, sequential)(u)
             return logp, grad, jnp.zeros((B, d))
 
         def density(_):
-            return jax.vmap(log_density_one)(u), jnp.zeros((B, d)), jnp.zeros((B, d))
+            return _over_points(log_density_one, sequential)(u), jnp.zeros((B, d)), jnp.zeros((B, d))
 
         def starts(_):
             return jnp.zeros(B), jnp.zeros((B, d)), prior(seeds, spreads)

@@ -97,9 +97,11 @@ def test_sharded_log_density_and_gradient_equal_the_single_device_ones(tmp_path,
         target = make_target(model, (data,), {{}}, batch_size=8, devices=4)
         x = np.load("x.npy")
         value, grad = target.log_density(x, grad=True)
+        seq = make_target(model, (data,), {{}}, batch_size=8, devices=4, sequential=True)
+        value_seq, grad_seq = seq.log_density(x, grad=True)
         one = fit(model, data, guide="multivariate_normal", progress=False, seed=0)
         four = fit(model, data, guide="multivariate_normal", progress=False, seed=0, devices=4)
-        np.savez({str(out)!r}, value=value, grad=grad, prior=target.prior_draws(4, seed=5),
+        np.savez({str(out)!r}, value=value, grad=grad, value_seq=value_seq, grad_seq=grad_seq, prior=target.prior_draws(4, seed=5),
                  loc1=one.params["auto_loc"], loc4=four.params["auto_loc"],
                  tril1=one.params["auto_scale_tril"], tril4=four.params["auto_scale_tril"])
         print(target.placement.describe())
@@ -112,6 +114,8 @@ def test_sharded_log_density_and_gradient_equal_the_single_device_ones(tmp_path,
     got = np.load(out)
     assert _close(got["value"], single_device["value"]) < 1e-10
     assert _close(got["grad"], single_device["grad"]) < 1e-10
+    assert _close(got["value_seq"], single_device["value"]) < 1e-10
+    assert _close(got["grad_seq"], single_device["grad"]) < 1e-10
     # The prior program and a whole fit (DADVI, deterministic) run sharded too.
     from inference.engine.target import make_target
 
@@ -119,6 +123,17 @@ def test_sharded_log_density_and_gradient_equal_the_single_device_ones(tmp_path,
     assert np.array_equal(got["prior"], target.prior_draws(4, seed=5))
     assert np.max(np.abs(got["loc4"] - got["loc1"])) < 1e-6
     assert np.max(np.abs(got["tril4"] - got["tril1"])) < 1e-6
+
+
+def test_points_one_after_another_give_the_vectorized_values(single_device):
+    """``sequential=True`` (the large-model path: ``lax.map`` over a call's points) changes only the order of work."""
+    from inference.engine.target import make_target
+
+    target = make_target(single_device["model"], (single_device["data"],), {}, batch_size=8, sequential=True)
+    value, grad = target.log_density(single_device["x"], grad=True)
+    assert _close(value, single_device["value"]) < 1e-12
+    assert _close(grad, single_device["grad"]) < 1e-12
+    np.testing.assert_allclose(target.log_density(single_device["x"]), value, rtol=1e-14)
 
 
 def test_device_errors_are_sentences(single_device):

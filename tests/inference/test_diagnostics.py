@@ -73,6 +73,52 @@ def test_psis_check_is_unreliable_above_khat_07():
     assert "multivariate_normal" in check.advice
 
 
+def _many_exact_coordinates(m: int, n: int, hidden_scale: float, shift: float = 0.0, seed: int = 0):
+    """``m`` coordinates that the guide N(0, 1) gets right (the first one off by ``shift`` sds),
+    with weights made uneven by a coordinate that is not judged: target sd ``hidden_scale``."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, m))
+    h = rng.standard_normal(n)
+    log_p = -0.5 * (h / hidden_scale) ** 2 - 0.5 * (x[:, 0] - shift) ** 2
+    log_q = -0.5 * h**2 - 0.5 * x[:, 0] ** 2
+    return log_p, log_q, {"x": x}
+
+
+def test_shift_noise_is_the_bonferroni_bound_of_the_largest_shift():
+    from scipy import stats
+
+    mean_noise, log_sd_noise = dg.shift_noise(400.0, 1000, 1)
+    assert mean_noise == pytest.approx(1.959964 * np.sqrt(1 / 400 - 1 / 1000), rel=1e-6)
+    high, low = stats.chi2.isf(0.025, 400) / 400, stats.chi2.ppf(0.025, 400) / 400
+    assert log_sd_noise == pytest.approx(0.5 * max(np.log(high), -np.log(low)), rel=1e-9)
+    # Unequal weights only: no noise with equal ones; a larger bound over more coordinates.
+    assert dg.shift_noise(1000.0, 1000, 50)[0] == 0.0
+    assert dg.shift_noise(400.0, 1000, 10000)[0] == pytest.approx(4.5648 * np.sqrt(1 / 400 - 1 / 1000), rel=1e-4)
+
+
+def test_psis_shifts_of_many_exact_coordinates_are_judged_against_their_noise():
+    # 2000 coordinates, all exact; uneven weights (hidden sd 1.5: k-hat 0.67, ESS 405 of 1000). By
+    # chance the largest of 2000 shifts is 0.14 sd in a mean and a factor 1.14 in an sd.
+    log_p, log_q, draws = _many_exact_coordinates(2000, 1000, 1.5)
+    plain, res, shift = dg.check_psis(log_p, log_q, draws)
+    assert res.khat <= dg.KHAT_OK
+    assert max(abs(a) for a, _ in shift.values()) > dg.MEAN_SHIFT
+    assert plain.level == dg.CARE  # a false alarm: every coordinate is exact
+    judged, _, _ = dg.check_psis(log_p, log_q, draws, allow_noise=True)
+    assert judged.level == dg.RELIABLE
+    assert "Monte Carlo noise alone moves one mean by up to" in judged.message
+    assert "smaller errors are not checked" in judged.message
+
+
+def test_psis_shift_beyond_the_noise_of_many_coordinates_is_still_caught():
+    # Same, with coordinate 0 of the target 0.8 guide sds off: its weighted mean moves by about 0.8 sd.
+    log_p, log_q, draws = _many_exact_coordinates(2000, 4000, 1.5, shift=0.8)
+    judged, _, shift = dg.check_psis(log_p, log_q, draws, allow_noise=True)
+    assert shift["x[0]"][0] > 0.6
+    assert judged.level == dg.CARE
+    assert "x[0]" in judged.message
+
+
 def test_flatten_draws_labels_vector_elements():
     labels, x = dg.flatten_draws({"a": np.zeros((4,)), "b": np.arange(12.0).reshape(4, 3)})
     assert labels == ["a", "b[0]", "b[1]", "b[2]"]

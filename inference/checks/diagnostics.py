@@ -97,7 +97,9 @@ LEVELS = (RELIABLE, CARE, UNRELIABLE)
 KHAT_GOOD, KHAT_OK = 0.5, 0.7
 #: A PSIS shift within these (mean in sds, relative sd) is small: the guide's bulk is right.
 MEAN_SHIFT, SD_SHIFT = 0.1, 0.1
-#: A PSIS shift beyond these is large: with k-hat above 0.7 the guide is unreliable.
+#: A PSIS shift beyond these (mean in sds, sd factor) is beyond "use with care": the guide is unreliable.
+CARE_MEAN_SHIFT, CARE_SD_FACTOR = 0.25, 1.25
+#: A PSIS shift beyond these is large: with k-hat above 0.7 the guide misses posterior mass.
 LARGE_MEAN_SHIFT, LARGE_SD_FACTOR = 0.5, 1.5
 #: Above this many coordinates a PSIS shift counts only beyond its Monte Carlo noise (see :func:`shift_noise`).
 MANY_COORDINATES = 1000
@@ -366,6 +368,7 @@ def check_psis(
         ratio = np.where(sd > 0, sd_w / sd, 1.0)
     shift = {lab: (float(a), float(b)) for lab, a, b in zip(labels, dm, ratio)}
     mean_small, log_sd_small = MEAN_SHIFT, math.log1p(SD_SHIFT)
+    mean_care, log_sd_care = CARE_MEAN_SHIFT, math.log(CARE_SD_FACTOR)
     mean_large, log_sd_large = LARGE_MEAN_SHIFT, math.log(LARGE_SD_FACTOR)
     noise_note = ""
     if allow_noise:
@@ -378,6 +381,7 @@ def check_psis(
                 f"{math.exp(log_sd_noise):.2f}, so smaller errors are not checked"
             )
         mean_small, log_sd_small = max(mean_small, mean_noise), max(log_sd_small, log_sd_noise)
+        mean_care, log_sd_care = max(mean_care, mean_noise), max(log_sd_care, log_sd_noise)
         mean_large, log_sd_large = max(mean_large, mean_noise), max(log_sd_large, log_sd_noise)
     with np.errstate(divide="ignore"):
         log_ratio = np.abs(np.log(ratio))
@@ -388,12 +392,15 @@ def check_psis(
         f"importance weighting moves the mean of {labels[worst]} by {dm[worst]:+.2f} sd and its sd by a "
         f"factor {ratio[worst]:.2f}{noise_note}"
     )
+
+    def beyond(mean_bound, log_sd_bound) -> bool:
+        return bool(np.any(np.abs(dm) > mean_bound) or np.any(log_ratio > log_sd_bound))
+
     if allow_noise:
-        large = bool(np.any(np.abs(dm) > mean_large) or np.any(log_ratio > log_sd_large))
-        moderate = bool(np.any(np.abs(dm) > mean_small) or np.any(log_ratio > log_sd_small))
+        large = beyond(mean_large, log_sd_large)
     else:
         large = abs(dm[worst]) > LARGE_MEAN_SHIFT or abs(math.log(ratio[worst])) > math.log(LARGE_SD_FACTOR)
-        moderate = not _small(dm, ratio)
+    nuts = " (inference.nuts, or --nuts on the command line)"
     if k > KHAT_OK and large:
         check = Check(
             "psis",
@@ -405,18 +412,40 @@ def check_psis(
                 if _is_mean_field(guide_name)
                 else "the posterior is far from Gaussian (skewed or heavy-tailed): check it with NUTS"
             )
-            + " (inference.nuts, or --nuts on the command line)",
+            + nuts,
+        )
+    elif k > KHAT_OK and not allow_noise:
+        # Above 0.7 the weights cannot be trusted (Vehtari et al.), and in the calibration set such
+        # guides had sds off by more than 25% even where the reweighting moved the bulk little.
+        check = Check(
+            "psis",
+            UNRELIABLE,
+            f"{head} is above {KHAT_OK}: the posterior's tails are heavier than the guide's ({move}); the "
+            "importance weights cannot be trusted, and the guide's sds and intervals can be off by more than 25% "
+            "even where its means are close",
+            "use guide='auto' (when its guides fall short it draws exactly, with NUTS through the fitted guide), or "
+            "check with NUTS" + nuts,
         )
     elif k > KHAT_OK:
-        # k-hat alone speaks about the far tails and is noisy; the bulk moves little, so: care.
+        # Many coordinates: k-hat of the joint weights grows with the dimension even when every
+        # marginal is close, and no shift is beyond its noise.
         check = Check(
             "psis",
             CARE,
-            f"{head} is above {KHAT_OK}: the posterior's tails are heavier than the guide's ({move}); "
-            "central values are likely close, sds and tail probabilities less so",
-            "check with NUTS (inference.nuts, or --nuts on the command line) before relying on intervals",
+            f"{head} is above {KHAT_OK} ({move}): over {len(labels)} coordinates the joint importance weights "
+            "degenerate even when every marginal is close, so the joint tails are not checked; no mean or sd "
+            "moves beyond its Monte Carlo noise",
+            "check a subset with NUTS" + nuts + " before relying on intervals",
         )
-    elif moderate:
+    elif beyond(mean_care, log_sd_care):
+        check = Check(
+            "psis",
+            UNRELIABLE,
+            f"{head}, but {move}: the guide is off in the bulk of the posterior by more than "
+            f"{CARE_MEAN_SHIFT} sd or {CARE_SD_FACTOR - 1:.0%} in an sd",
+            "use the PSIS-corrected draws (result.sample_psis()), guide='auto', or a richer guide",
+        )
+    elif (beyond(mean_small, log_sd_small) if allow_noise else not _small(dm, ratio)):
         check = Check(
             "psis",
             CARE,

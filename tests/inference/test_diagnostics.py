@@ -115,8 +115,34 @@ def test_psis_shift_beyond_the_noise_of_many_coordinates_is_still_caught():
     log_p, log_q, draws = _many_exact_coordinates(2000, 4000, 1.5, shift=0.8)
     judged, _, shift = dg.check_psis(log_p, log_q, draws, allow_noise=True)
     assert shift["x[0]"][0] > 0.6
-    assert judged.level == dg.CARE
+    assert judged.level == dg.UNRELIABLE
     assert "x[0]" in judged.message
+
+
+def test_psis_khat_above_07_is_unreliable_below_1000_coordinates_even_with_a_small_shift():
+    # The judged coordinates are exact; the hidden one (target sd 2.2) gives k = 1 - 1 / 2.2**2 = 0.79.
+    log_p, log_q, draws = _many_exact_coordinates(3, N, 2.2)
+    check, res, shift = dg.check_psis(log_p, log_q, draws)
+    assert res.khat > dg.KHAT_OK
+    assert max(abs(a) for a, _ in shift.values()) < dg.LARGE_MEAN_SHIFT
+    assert check.level == dg.UNRELIABLE
+    assert "can be off by more than 25%" in check.message and "guide='auto'" in check.advice
+    # Over more than 1000 coordinates the same weights read "use with care": no shift beyond noise.
+    log_p, log_q, draws = _many_exact_coordinates(1100, 8000, 3.0)  # k = 0.89
+    many, res, _ = dg.check_psis(log_p, log_q, draws, allow_noise=True)
+    assert res.khat > dg.KHAT_OK and many.level == dg.CARE
+    assert "joint tails are not checked" in many.message
+
+
+@pytest.mark.parametrize("offset, level", [(0.18, dg.CARE), (0.35, dg.UNRELIABLE)])
+def test_psis_shift_beyond_025_sd_is_unreliable(offset, level):
+    # Guide N(0, 1), target N(offset, 1): k-hat small, the weighted mean moves by about offset sds.
+    z = np.random.default_rng(3).normal(size=N)
+    log_p, log_q = -0.5 * (z - offset) ** 2, -0.5 * z**2
+    check, res, shift = dg.check_psis(log_p, log_q, {"z": z})
+    assert res.khat <= dg.KHAT_OK
+    assert shift["z"][0] == pytest.approx(offset, abs=0.03)  # Monte Carlo error about 0.01
+    assert check.level == level
 
 
 def test_flatten_draws_labels_vector_elements():

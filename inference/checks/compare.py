@@ -43,7 +43,9 @@ class Comparison:
     reference_name : str
         What the reference is, e.g. ``"NUTS (4 chains x 1000 draws)"``.
     result_name : str
-        What was compared, e.g. ``"vifit fit (multivariate_normal, 4000 draws)"``.
+        What was compared, e.g. ``"vifit fit (multivariate_normal, 4000 draws)"``; for the exact
+        stage of ``guide="auto"``, ``"vifit fit (exact stage of auto: NUTS through the
+        multivariate_t guide's transport map, 4000 draws)"``.
     reference_idata : xarray.DataTree or None
         The reference as an ArviZ DataTree (NUTS or DataTree references), for ArviZ plots;
         None for a fit used as reference.
@@ -158,7 +160,11 @@ def _from_fit(result, num_samples: int, seed: int | None) -> _Draws:
     trace = getattr(result.guide, "prototype_trace", None)
     dims = plate_dims(trace, [n for n in draws if n in trace]) if trace is not None else {}
     coords = {k: list(v) for k, v in dict(getattr(result.model, "coords", {}) or {}).items()}
-    return _Draws(f"vifit fit ({result.guide_name}, {num_samples} draws)", draws, dims, coords)
+    if result.exact_stage_draws:  # guide="auto" ended in its exact stage: the draws are NUTS's, not the guide's
+        what = f"exact stage of auto: NUTS through the {result.guide_name} guide's transport map"
+    else:
+        what = result.guide_name
+    return _Draws(f"vifit fit ({what}, {num_samples} draws)", draws, dims, coords)
 
 
 def _side(obj, role: str, num_samples: int, seed: int | None) -> _Draws:

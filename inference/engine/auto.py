@@ -587,12 +587,14 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
         if better:
             chosen = exact
     kept = chosen.guide_name
-    attempts = [
-        replace(a, outcome=("chosen: " if a.guide == kept else "not chosen: ") + "the best verdict, then ELBO, of the attempts")
-        if a.outcome == "last guide of the ladder"
-        else a
-        for a in attempts
-    ]
+    exact_chosen = chosen.exact_stage_draws
+
+    def final(a: Attempt) -> str:
+        if exact_chosen:  # the exact stage's NUTS draws are the answer; no variational attempt is
+            return f"not chosen: the exact stage was (NUTS through the {kept} guide's transport map)"
+        return ("chosen: " if a.guide == kept else "not chosen: ") + "the best verdict, then ELBO, of the attempts"
+
+    attempts = [replace(a, outcome=final(a)) if a.outcome == "last guide of the ladder" else a for a in attempts]
     record = dict(chosen.settings, guide="auto", chosen_guide=kept, ladder=list(ladder), latent_dimension=d)
     if chosen.posterior is not None and chosen.posterior.importance is not None:
         source = chosen.posterior.importance_source

@@ -103,6 +103,11 @@ class Summary:
         Whether to trust the posterior (see :mod:`inference.checks.diagnostics`).
     attempts : tuple of inference.engine.auto.Attempt
         With ``guide="auto"``: every guide tried and why the search moved on.
+    draws_from : str
+        Empty when the table comes from the guide's draws; for the exact stage of
+        ``guide="auto"``, where the draws come from, e.g. ``"NUTS through the multivariate_t
+        guide's transport map (exact stage of auto) | 4 chains x 3000 draws ..."``. The first line
+        then names the draws, and the second the guide whose map NUTS ran through.
     """
 
     table: Any
@@ -114,13 +119,17 @@ class Summary:
     notes: tuple[str, ...] = ()
     verdict: Any = None
     attempts: tuple = ()
+    draws_from: str = ""
 
     def __str__(self) -> str:
-        head = (
-            f"guide: {self.guide} | objective: {self.objective} | stopped: {self.stop_reason} after "
-            f"{self.num_steps} steps | ELBO {self.elbo:.3f}"
+        fit = (
+            f"objective: {self.objective} | stopped: {self.stop_reason} after {self.num_steps} steps | "
+            f"ELBO {self.elbo:.3f}"
         )
-        lines = [head]
+        if self.draws_from:
+            lines = [f"draws: {self.draws_from}", f"transport map: the {self.guide} guide | {fit}"]
+        else:
+            lines = [f"guide: {self.guide} | {fit}"]
         if self.attempts:
             lines += ["", "guide='auto' tried:"] + [
                 f"  {a.guide}: {a.outcome} [{a.level}; {a.num_steps} steps, {a.seconds:.1f} s]" for a in self.attempts
@@ -232,6 +241,61 @@ class FitResult:
         return float(-tail.mean()) if tail.size else float("nan")
 
     @property
+    def exact_stage_draws(self) -> bool:
+        """Whether the draws are NUTS's through the guide's transport map (the exact stage of ``guide="auto"``).
+
+        Such a result keeps its guide's name, parameters, loss trace and ELBO (the guide's map is
+        what NUTS ran through), but :meth:`sample`, :meth:`summary` and :meth:`to_arviz` give the
+        NUTS draws of the best restart, and its verdict rests on the chains' R-hat and ESS.
+        """
+        p = self.posterior
+        return p is not None and p.importance is not None and str(p.importance_source).startswith("NUTS")
+
+    @property
+    def draws_label(self) -> str:
+        """Where the draws come from, in a few words, for labels: the guide's name, or for the exact stage
+
+        ``"NUTS through the multivariate_t guide's transport map (exact stage of auto)"``.
+        """
+        if self.exact_stage_draws:
+            return f"NUTS through the {self.guide_name} guide's transport map (exact stage of auto)"
+        return self.guide_name
+
+    def _exact_run_text(self) -> str:
+        """The exact stage's chains in one sentence (chains, draws, R-hat, ESS, divergences); empty otherwise."""
+        if not self.exact_stage_draws:
+            return ""
+        source = str(self.posterior.importance_source)
+        return source.split(": ", 1)[1] if ": " in source else ""
+
+    def _exact_model_draws(self, seed: int, n: int):
+        """``n`` of the exact stage's NUTS draws with their densities (:meth:`FlatPosterior.model_draws`'s fields).
+
+        Distinct draws (a random subset, without replacement) when ``n`` is at most the number of
+        NUTS draws ``N``; beyond that every draw ``n // N`` or ``n // N + 1`` times.
+        """
+        from .faults import keep_finite
+        from .posterior import ModelDraws
+
+        _, u, log_q, _ = self.posterior.importance
+        total = u.shape[0]
+        rng = np.random.default_rng(seed)
+        whole, rest = divmod(int(n), total)
+        idx = np.concatenate([rng.permutation(total) for _ in range(whole)] + [rng.choice(total, rest, replace=False)])
+        if whole:
+            rng.shuffle(idx)
+        pred, log_q, _ = keep_finite(self.posterior.target.predict(u[idx], seed=seed + 1), log_q[idx], seed + 2)
+        with np.errstate(invalid="ignore"):
+            log_q_c = log_q - pred.log_det_jacobian
+        return ModelDraws(pred.latent, pred.log_joint, log_q_c, pred.log_likelihood, pred.predictive)
+
+    def _flat_model_draws(self, restart: int, seed: int, n: int):
+        """Draws of one restart on the flat engine; the exact stage's restart gives its NUTS draws (see :meth:`sample`)."""
+        if self.exact_stage_draws and self.posterior.importance[0] == restart:
+            return self._exact_model_draws(seed, n)
+        return self.posterior.model_draws(restart, seed, n)
+
+    @property
     def subsampled_plates(self) -> dict:
         """Plates of the model that draw a random minibatch on each run: ``{name: (size, subsample_size)}``.
 
@@ -278,7 +342,14 @@ class FitResult:
         return self._cache["latent_sites"]
 
     def sample(self, num_samples: int = 1000, *, seed: int | None = None, restart: int | None = None) -> dict:
-        """Draw from the fitted guide.
+        """Draw from the fitted guide (or, for the exact stage of ``guide="auto"``, from its NUTS draws).
+
+        Where the fit's draws are importance-resampled (``settings["draws_from"]``), the best
+        restart's draws are resampled from them with replacement. Where they are the exact stage's
+        NUTS draws (:attr:`exact_stage_draws`), ``n`` at most their number ``N`` gives ``n``
+        distinct NUTS draws (a random subset, without replacement, so ``n = N`` gives every draw
+        once); a larger ``n`` repeats draws: every draw ``n // N`` or ``n // N + 1`` times, which
+        adds no information (``N`` is in ``settings["draws_from"]``: chains x draws).
 
         Parameters
         ----------
@@ -306,7 +377,7 @@ class FitResult:
         seed = _seed(seed)
         r = self.best_restart if restart is None else self._restart(restart)
         if self.posterior is not None:
-            draws = self.posterior.model_draws(r, self.seed + 1 if seed is None else int(seed), num_samples)
+            draws = self._flat_model_draws(r, self.seed + 1 if seed is None else int(seed), num_samples)
             return {name: draws.latent[name] for name in self.latent_sites}
         params = jax.tree.map(lambda v: v[r], self.restart_params)
         key = jax.random.PRNGKey(self.seed + 1 if seed is None else seed)
@@ -378,12 +449,25 @@ class FitResult:
         -------
         dict of str to ndarray
             Each latent site with shape ``(num_samples, *site_shape)``.
+
+        Raises
+        ------
+        ValueError
+            When k-hat is above 0.7; and for the exact stage of ``guide="auto"``
+            (:attr:`exact_stage_draws`), whose draws are NUTS's, not importance-weighted guide
+            draws: they need no correction, and :meth:`sample` gives them.
         """
         from ..checks.diagnostics import KHAT_OK, khat_text, psis_resample
 
         self.require_full_data("FitResult.sample_psis")
         num_samples = positive_int("num_samples", num_samples)
         seed = _seed(seed)
+        if self.exact_stage_draws:
+            raise ValueError(
+                f"this fit's draws are already exact: they are NUTS's through the {self.guide_name} guide's transport "
+                f"map (the exact stage of guide='auto': {self._exact_run_text()}), not importance-weighted guide draws, "
+                f"so there is nothing for PSIS to correct; use result.sample({num_samples}) for them"
+            )
         diagnosis = self._cache.get("last_diagnosis") or self.diagnose()
         khat = diagnosis.psis.khat
         if not khat <= KHAT_OK:
@@ -404,7 +488,8 @@ class FitResult:
 
         The table is :func:`arviz_stats.summary` of draws from the guide of the best restart
         (``kind="stats"``, 94% HDI, unrounded; see
-        :func:`inference.outputs.arviz_export.summary_table`); ``verdict=False`` skips the checks.
+        :func:`inference.outputs.arviz_export.summary_table`), or of the exact stage's NUTS draws
+        (:meth:`sample`), which the printed header then names; ``verdict=False`` skips the checks.
         """
         from ..outputs.arviz_export import summary_table
 
@@ -419,7 +504,7 @@ class FitResult:
             table = summary_table(draws, kind="stats", hdi_prob=0.94, var_names=list(self.latent_sites))
             self._cache[key] = Summary(
                 table=table,
-                guide=self.guide_name + (" (auto)" if self.attempts else ""),
+                guide=self.guide_name + (" (auto)" if self.attempts and not self.exact_stage_draws else ""),
                 objective=self.objective_name,
                 stop_reason=str(self.stop_reason),
                 num_steps=self.num_steps,
@@ -427,6 +512,7 @@ class FitResult:
                 notes=tuple(self.notes()),
                 verdict=self.verdict() if verdict else None,
                 attempts=tuple(self.attempts),
+                draws_from=f"{self.draws_label} | {self._exact_run_text()}" if self.exact_stage_draws else "",
             )
         return self._cache[key]
 

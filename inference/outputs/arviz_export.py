@@ -66,6 +66,19 @@ def has_group(tree, name: str) -> bool:
     return name in getattr(tree, "children", {})
 
 
+def exact_stage_source(tree) -> str:
+    """Where the best restart's draws come from when they are NUTS's (the exact stage of ``guide="auto"``); else ``""``.
+
+    The ``draws_from`` attribute of the posterior group, e.g. ``"NUTS through the fitted
+    multivariate_t guide's transport map (NeuTra HMC): 4 chains x 3000 draws ..."``. Such draws
+    are not importance-weighted guide draws: ``log_p - log_q`` at them is no PSIS diagnostic.
+    """
+    if not has_group(tree, "posterior"):
+        return ""
+    source = str(tree["posterior"].attrs.get("draws_from", ""))
+    return source if source.startswith("NUTS") else ""
+
+
 def summary_table(data, *, var_names=None, kind: str = "stats", hdi_prob: float = 0.94):
     """:func:`arviz_stats.summary` at full precision, with the HDI columns named by their quantiles.
 
@@ -290,7 +303,8 @@ def to_arviz(result, num_samples: int = 1000, *, seed: int | None = None, verdic
     if flat is not None:
         # The flat engine: draws from the guide family, everything else from the target's programs.
         base = result.seed + 1 if seed is None else int(seed)
-        parts = [flat.model_draws(r, base + 1000 * r, n) for r in range(result.num_restarts)]
+        # The exact stage's restart gives its NUTS draws (distinct ones up to their number: FitResult.sample).
+        parts = [result._flat_model_draws(r, base + 1000 * r, n) for r in range(result.num_restarts)]
     else:
         sampler = result._posterior_sampler()
         parts = [
@@ -375,6 +389,7 @@ def to_arviz(result, num_samples: int = 1000, *, seed: int | None = None, verdic
         "best_restart": int(result.best_restart),
         "elbo": float(result.elbo),
         "seed": int(result.seed),
+        **({"draws_from": str(result.settings["draws_from"])} if result.settings.get("draws_from") else {}),
         "nonfinite_steps": int(np.sum(result.nonfinite_steps)),
         "init_s": float(result.timings.init_s),
         "compile_s": float(result.timings.compile_s),

@@ -241,7 +241,7 @@ PLOTS = {
     "elbo.png": "the ELBO trace of every restart",
     "marginals.png": "posterior marginals over the priors",
     "pair.png": "pairs of parameters (with NUTS when --nuts is given)",
-    "psis.png": "the PSIS diagnostic: k-hat and the importance weights",
+    "psis.png": "the PSIS diagnostic: k-hat and the importance weights (not for the NUTS draws of auto's exact stage)",
 }
 
 
@@ -255,8 +255,13 @@ def _save(fig, path: Path) -> None:
 
 
 def _plot_jobs(tree, *, losses, best: int, comparison=None) -> list[tuple[str, Any]]:
-    """``(file name, draw)`` for every plot of a result; ``draw()`` returns the figure."""
+    """``(file name, draw)`` for every plot of a result; ``draw()`` returns the figure.
+
+    A result whose draws are NUTS's (the exact stage of ``guide="auto"``) has no ``psis.png``: the
+    ratio p/q at NUTS draws is no importance weight (the report says so).
+    """
     from . import plots
+    from .arviz_export import exact_stage_source
 
     jobs = []
     if "predictions" in _groups(tree):
@@ -267,10 +272,23 @@ def _plot_jobs(tree, *, losses, best: int, comparison=None) -> list[tuple[str, A
     jobs.append(
         ("pair.png", lambda: plots.plot_pair(tree, chain=best, reference=reference, reference_label="NUTS"))
     )
-    jobs.append(("psis.png", lambda: plots.plot_psis(tree, chain=best)))
+    if not exact_stage_source(tree):  # NUTS draws (the exact stage of guide='auto') have no PSIS diagnostic
+        jobs.append(("psis.png", lambda: plots.plot_psis(tree, chain=best)))
     if comparison is not None:
         jobs.append(("comparison.png", comparison.plot))
     return jobs
+
+
+def _note_no_psis(tree) -> None:
+    """Say, on stderr, why a result whose draws are NUTS's has no ``plots/psis.png``."""
+    from .arviz_export import exact_stage_source
+
+    if exact_stage_source(tree):
+        print(
+            "vifit: note: plots/psis.png is left out: the draws are NUTS's through the guide's transport map (the "
+            "exact stage of guide='auto'), not importance-weighted guide draws; the verdict gives their R-hat and ESS",
+            file=sys.stderr,
+        )
 
 
 #: Plots that some results cannot have: left out, with a note, when their data do not allow them.
@@ -457,6 +475,7 @@ def _write_into_place(job, result, out: Path, state: dict, *, num_samples: int, 
     verdict = result.verdict()
     summary.to_csv(tmp / "summary.csv")
     _write_plots(_plot_jobs(tree, losses=result.losses, best=result.best_restart, comparison=comparison), tmp / "plots")
+    _note_no_psis(tree)
     with _plain_text():
         write_report(tmp / "report.html", tree, comparison=comparison, title=job.title)
     groups = _groups(tree)
@@ -618,8 +637,9 @@ def _check_report_targets(out: Path, plot_names, inputs, *, force: bool, given: 
         if not result_folder.is_vifits(folder, rel, marker, role=role):
             raise UserError(f"{name} is a file of a vifit result, not a report; choose another --out")
         if not force:
+            what = "an earlier report" if role == "report" else "a plot of an earlier report"
             raise UserError(
-                f"{name} holds an earlier report; add --force to replace it (and its plots), or choose another --out"
+                f"{name} holds {what}; add --force to replace it (and its plots), or choose another --out"
             )
 
 
@@ -698,6 +718,7 @@ def _report(source: Path, out_raw: str | None, reference: Path | None, *, force:
             tmp = _new_folder(folder, out.name)
             if jobs:
                 _write_plots(jobs, tmp / "plots")
+                _note_no_psis(tree)
             with _plain_text():
                 write_report(tmp / "report.html", tree, comparison=comparison)
             _check_report_targets(out, plot_names, inputs, force=force, given=given)  # again: time has passed
@@ -705,6 +726,8 @@ def _report(source: Path, out_raw: str | None, reference: Path | None, *, force:
             if plot_names:
                 (folder / "plots").mkdir(exist_ok=True)
                 for name in plot_names:
+                    if not (tmp / "plots" / name).is_file():
+                        continue  # an optional plot left out (with a note) by _write_plots
                     os.replace(tmp / "plots" / name, folder / "plots" / name)
                     written[f"plots/{name}"] = "plot"
             os.replace(tmp / "report.html", folder / out.name)

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .arviz_export import has_group
+from .arviz_export import exact_stage_source, has_group
 
 __all__ = [
     "plot_elbo",
@@ -57,6 +57,33 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _plain_number(x: float) -> str:
+    """A tick value as plain text: ``1``, ``10``, ``0.01``, ``1e-5``, ``2e6`` (no mathtext)."""
+    text = f"{x:g}"
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}e{int(exponent)}"
+    return text
+
+
+def _plain_log_ticks(*axes) -> None:
+    """Label the ticks of log-scaled ``axes`` (x or y axis objects) as plain numbers, e.g. ``0.1``, ``1``, ``10``.
+
+    Matplotlib's default log labels are mathtext (``$\\mathdefault{10^{0}}$``), which shows as raw
+    text where ``text.parse_math`` is off, as when the command line draws (so that user text is
+    never parsed as math). Which ticks get a label is matplotlib's :class:`~matplotlib.ticker.LogFormatter`'s choice.
+    """
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLogFormatter(LogFormatter):
+        def _num_to_string(self, x, vmin, vmax):
+            return _plain_number(x)
+
+    for axis in axes:
+        axis.set_major_formatter(PlainLogFormatter())
+        axis.set_minor_formatter(PlainLogFormatter())
 
 
 def _grid(plt, n: int, *, ncols: int, width: float, height: float):
@@ -822,6 +849,7 @@ def plot_psis_weights(log_weights: np.ndarray, *, title: str = "PSIS diagnostic"
         ax_w.set_xlim(0.8, N * 1.25)
         ax_w.set_xscale("log")
         ax_w.set_yscale("log")
+        _plain_log_ticks(ax_w.xaxis, ax_w.yaxis)
         ax_w.set_xlabel("draw rank (largest weight first)")
         ax_w.set_ylabel("normalized weight")
         ax_w.set_title(f"importance weights, sorted; ESS = 1/sum(w²) = {ess:.0f} of {N}", fontsize="medium")
@@ -874,7 +902,21 @@ def plot_psis(idata, *, chain: int | None = None):
     Returns
     -------
     matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        When the result has no ``log_p`` and ``log_q``, and when its draws are NUTS's (the exact
+        stage of ``guide="auto"``, ``posterior.attrs["draws_from"]``): the ratio ``p/q`` at NUTS
+        draws is no importance weight, and its k-hat would contradict the verdict, which rests
+        on the chains' R-hat and ESS.
     """
+    source = exact_stage_source(idata)
+    if source:
+        raise ValueError(
+            f"the draws are NUTS's, not importance-weighted guide draws ({source}; the exact stage of guide='auto'), so "
+            "there is no PSIS diagnostic of them: the verdict rests on the chains' R-hat and ESS"
+        )
     if not _has_group(idata, "sample_stats") or not {"log_p", "log_q"} <= set(idata.sample_stats.data_vars):
         raise ValueError(
             "this result has no sample_stats log_p and log_q: the PSIS plot needs the model and guide "
@@ -965,7 +1007,7 @@ def plot_comparison(
         hi = max(1 + sd_tol, ratio[ok].max() if ok.any() else 1.0) * 1.25
         ax_s.set_xlim(lo, hi)
         ticks = [t for t in (0.1, 0.2, 0.5, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 5.0, 10.0) if lo <= t <= hi]
-        ax_s.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax_s.set_xticks(ticks, [f"{t:g}" for t in ticks])  # plain text labels, as _plain_log_ticks gives
         ax_s.xaxis.set_minor_formatter(NullFormatter())
         ax_s.set_xlabel("sd / ref sd")
         ax_s.set_title(f"sd ratio: {int(out.sum())} of {n} outside", fontsize="medium")

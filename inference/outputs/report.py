@@ -26,7 +26,7 @@ import numpy as np
 
 from ..checks.diagnostics import khat_text
 from . import plots
-from .arviz_export import has_group, summary_table
+from .arviz_export import exact_stage_source, has_group, summary_table
 
 __all__ = ["build_report", "write_report"]
 
@@ -64,6 +64,7 @@ img { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
 """
 
 _SETTINGS = (
+    ("draws_from", "draws from"),
     ("guide", "guide"),
     ("objective", "objective"),
     ("stop_reason", "stop reason"),
@@ -143,6 +144,8 @@ def _plot(plot_id: str, alt: str, draw: Callable, caption: str = "") -> str:
 
 
 def _verdict(attrs: dict) -> str:
+    exact = str(attrs.get("draws_from", ""))
+    exact = exact if exact.startswith("NUTS") else ""
     verdict = attrs.get("verdict")
     if verdict is None:
         return _section("verdict", "Verdict", _note("No verdict: this result carries no verdict attribute."))
@@ -152,7 +155,14 @@ def _verdict(attrs: dict) -> str:
         parts.append(f"<p>{_e(attrs['verdict_reason'])}</p>")
     if attrs.get("verdict_advice"):
         parts.append(f'<p class="advice">Advice: {_e(attrs["verdict_advice"])}</p>')
-    if "khat" in attrs:
+    if exact:
+        # The exact stage of guide="auto": no PSIS k-hat applies to NUTS draws.
+        parts.append(
+            f"<p>The draws are <b>NUTS's</b>, not the guide's: {_e(exact)} (the exact stage of guide='auto'). "
+            "The verdict rests on the chains' R-hat and effective sample sizes; PSIS k-hat applies only to "
+            "importance-weighted guide draws, so none is shown.</p>"
+        )
+    elif "khat" in attrs:
         draws = f" (from {_fmt(attrs['khat_draws'])} draws)" if "khat_draws" in attrs else ""
         try:
             khat = khat_text(float(attrs["khat"]))
@@ -382,7 +392,16 @@ def _plots(idata, chain: int | None, comparison) -> str:
             )
         )
 
-    if _has(idata, "sample_stats") and {"log_p", "log_q"} <= set(idata.sample_stats.data_vars):
+    if exact_stage_source(idata):
+        body.append("<h3>PSIS diagnostic</h3>")
+        body.append(
+            _note(
+                "No PSIS diagnostic: the draws are NUTS's through the guide's transport map (the exact stage of "
+                "guide='auto'), not importance-weighted guide draws, so p/q weights at them say nothing; the "
+                "verdict above gives the chains' R-hat and effective sample sizes."
+            )
+        )
+    elif _has(idata, "sample_stats") and {"log_p", "log_q"} <= set(idata.sample_stats.data_vars):
         attrs = idata.posterior.attrs if _has(idata, "posterior") else {}
         n_draws = idata.sample_stats.sizes.get("draw", 0)
         differ = ""
@@ -446,7 +465,9 @@ def build_report(idata, *, comparison=None, title: str | None = None) -> str:
     """Build one self-contained HTML page of a fit.
 
     In order: the title; the verdict box (``verdict``, ``verdict_reason``, each check of
-    ``verdict_checks`` with its level, message and advice, and ``khat``); where the verdict has a
+    ``verdict_checks`` with its level, message and advice, and ``khat``, or, for NUTS draws of the
+    exact stage of ``guide="auto"`` (``draws_from``), where they come from with their R-hat and
+    ESS, and no k-hat nor PSIS plot); where the verdict has a
     ``numerical faults`` check, a section of its own (id ``faults``); the mechanism and the
     fit settings; the data table; the posterior table (:func:`arviz_stats.summary`, ``kind="stats"``,
     94% HDI) of the best restart (``posterior.attrs["best_restart"]``; all chains pooled when the

@@ -272,3 +272,44 @@ def test_fit_from_idata_without_units_or_predictions(idata, synthetic):
     assert fig.axes[0].get_xlabel() == "time"
     with pytest.raises(ValueError, match="no predictions group: the fit plot needs a kinetics model"):
         plots.plot_fit_from_idata(synthetic.posterior_only())
+
+
+# -- tick labels under the command line's plain text ----------------------------------------------
+
+
+def tick_texts(fig) -> list[str]:
+    """The text of every tick label (major and minor) of every axis, after drawing."""
+    fig.canvas.draw()
+    texts = []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            texts += [t.get_text() for t in axis.get_ticklabels(which="both")]
+    return [t for t in texts if t]
+
+
+def test_log_axes_tick_labels_are_plain_text_under_the_command_lines_settings():
+    # The command line draws with text.parse_math off (user text is never math); matplotlib's
+    # default log tick labels are mathtext, and would show as "$\mathdefault{10^{0}}$".
+    from inference.outputs import cli
+
+    rng = np.random.default_rng(3)
+    with cli._plain_text():
+        fig = plots.plot_psis_weights(rng.exponential(1.5, 2000))
+        texts = tick_texts(fig)
+        ax_w = fig.axes[0]
+        assert ax_w.get_xscale() == ax_w.get_yscale() == "log"
+        log_texts = tick_texts_of(ax_w)
+        fig_c = plots.plot_comparison(comparison_table(), reference_name="NUTS")
+        texts += tick_texts(fig_c)
+    assert texts and not any("$" in t or "mathdefault" in t for t in texts), texts
+    assert {"1", "10", "100", "0.1", "0.01"} <= set(log_texts), log_texts
+
+
+def tick_texts_of(ax) -> list[str]:
+    return [t.get_text() for axis in (ax.xaxis, ax.yaxis) for t in axis.get_ticklabels(which="both") if t.get_text()]
+
+
+def test_plain_numbers_of_log_ticks():
+    assert [plots._plain_number(x) for x in (1.0, 10.0, 0.1, 1e-5, 2e6, 1000.0, 0.002)] == [
+        "1", "10", "0.1", "1e-5", "2e6", "1000", "0.002"
+    ]

@@ -417,6 +417,7 @@ def _fit_row(name, guide, model, args, kwargs, info, reference) -> dict:
         row["verdict_s"] = time.perf_counter() - t0
         row["verdict"] = verdict.level
         row["reason"] = verdict.reason
+        row["checks"] = [[c.name, c.level, c.message] for c in verdict.checks]
         row["khat"] = None if not math.isfinite(verdict.khat) else float(verdict.khat)
         t0 = time.perf_counter()
         draws = result.sample(DRAWS)

@@ -29,7 +29,7 @@ families fitted on fixed draws (DADVI) need ``M ~ 2 (d + 1)`` draws per objectiv
 Every stage calls the model's one compiled :class:`~inference.engine.target.Target` (with
 ``devices=``, split along the experiments), at ``num_particles`` points per call (4 by default: the
 cost of a call grows with its points, and L-BFGS rarely needs more than four trial steps), the
-points of a call evaluated one after another (``make_target(..., sequential=True)``) so that one
+points of a call evaluated one after another (``make_target(..., chunk=1)``) so that one
 point's arrays stay in the processor's caches and the cost per experiment stays flat as plates grow.
 Draws of a large model are large too (``n x d``; :meth:`FitResult.sample` of every per-experiment
 site, with predictions, multiplies that by the data): :func:`site_moments` reads means and sds
@@ -418,7 +418,7 @@ def fit_large(model, args: tuple, kwargs: dict, settings: FitSettings, *, contro
     map_starts = int(options.get("map_starts", 1))
     khat_draws = int(options.get("khat_draws", 16000))
     P = settings.num_particles or LARGE_PARTICLES
-    target = make_target(model, args, kwargs, batch_size=max(2, P), devices=settings.devices, sequential=True)
+    target = make_target(model, args, kwargs, batch_size=max(2, P), devices=settings.devices, chunk=1)
     d = target.dim
     control = control if control is not None else FitControl()
     control.open(target)

@@ -15,6 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -76,7 +77,7 @@ def single_device():
     from inference.engine.target import make_target
 
     model, data = namespace["plate"]()
-    target = make_target(model, (data,), {}, batch_size=8)
+    target = make_target(model, (data,), {}, batch_size=8, chunk=8)  # one vectorized batch
     x = namespace["points"](target)
     value, grad = target.log_density(x, grad=True)
     return {"x": x, "value": value, "grad": grad, "model": model, "data": data}
@@ -97,7 +98,7 @@ def test_sharded_log_density_and_gradient_equal_the_single_device_ones(tmp_path,
         target = make_target(model, (data,), {{}}, batch_size=8, devices=4)
         x = np.load("x.npy")
         value, grad = target.log_density(x, grad=True)
-        seq = make_target(model, (data,), {{}}, batch_size=8, devices=4, sequential=True)
+        seq = make_target(model, (data,), {{}}, batch_size=8, devices=4, chunk=1)
         value_seq, grad_seq = seq.log_density(x, grad=True)
         one = fit(model, data, guide="multivariate_normal", progress=False, seed=0)
         four = fit(model, data, guide="multivariate_normal", progress=False, seed=0, devices=4)
@@ -125,15 +126,32 @@ def test_sharded_log_density_and_gradient_equal_the_single_device_ones(tmp_path,
     assert np.max(np.abs(got["tril4"] - got["tril1"])) < 1e-6
 
 
-def test_points_one_after_another_give_the_vectorized_values(single_device):
-    """``sequential=True`` (the large-model path: ``lax.map`` over a call's points) changes only the order of work."""
+@pytest.mark.parametrize("chunk", [1, 3, None])
+def test_points_in_chunks_give_the_vectorized_values(single_device, chunk):
+    """``chunk`` (points vectorized together; the chunks one after another) changes only the order of work."""
     from inference.engine.target import make_target
 
-    target = make_target(single_device["model"], (single_device["data"],), {}, batch_size=8, sequential=True)
+    target = make_target(single_device["model"], (single_device["data"],), {}, batch_size=8, chunk=chunk)
     value, grad = target.log_density(single_device["x"], grad=True)
     assert _close(value, single_device["value"]) < 1e-12
     assert _close(grad, single_device["grad"]) < 1e-12
     np.testing.assert_allclose(target.log_density(single_device["x"]), value, rtol=1e-14)
+
+
+def test_the_default_chunk_is_one_point_for_a_log_density_with_a_while_loop():
+    import jax.numpy as jnp
+    from inference.engine.target import DEFAULT_CHUNK, _has_while_loop
+
+    def with_loop(u):
+        return jax.lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] * 0.5), (0, jnp.sum(u)))[1]
+
+    assert _has_while_loop(jax.value_and_grad(lambda u: jnp.sum(u**2)), 3) is False
+    assert _has_while_loop(lambda u: jax.lax.cond(u[0] > 0, with_loop, jnp.sum, u), 3) is True
+    assert DEFAULT_CHUNK == 4
+    with pytest.raises(ValueError, match="chunk must be a positive integer"):
+        from inference.engine.target import make_target
+
+        make_target(lambda: None, chunk=0)
 
 
 def test_device_errors_are_sentences(single_device):

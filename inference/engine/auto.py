@@ -31,8 +31,9 @@ through NumPyro's SVI). What :func:`fit_auto` does, in order:
    attempt with the best verdict level, ties broken by the ELBO (estimated from the verdict's
    draws: a higher ELBO is a smaller KL divergence from the posterior).
 4. **The exact stage.** When no attempt is *reliable*, NUTS runs through the transport map of
-   the best fit (:func:`exact_stage`, :mod:`inference.engine.transport`: NeuTra HMC; among fits
-   of equal verdict a Gaussian's map), its chains going on until they converge or reach four
+   a fit (:func:`exact_stage`, :mod:`inference.engine.transport`: NeuTra HMC; the map is a
+   preconditioner, chosen for NUTS: a Gaussian base first, then the full-rank Gaussian's, then
+   the best verdict), its chains going on until they converge or reach four
    times ``exact_draws``; its draws are exact in the limit, and its verdict rests on R-hat, the
    effective sample sizes and the divergent transitions. It replaces the variational answer
    when its verdict is at least as good. ``guide_options={"exact": False}`` leaves it out.
@@ -69,7 +70,6 @@ AUTO_OPTIONS = ("ladder", "map_starts", "map_spread", "khat_draws", "mean_shift"
 
 _LEVEL_RANK = {RELIABLE: 2, CARE: 1, UNRELIABLE: 0}
 
-#: Families whose transport map is affine (preferred by the exact stage among fits of equal verdict).
 
 @dataclass(frozen=True)
 class Attempt:
@@ -288,7 +288,7 @@ def mixture_modes(found) -> list | None:
 def exact_stage(result, *, seed: int, num_samples: int = 1000, khat_draws: int = 16000):
     """NUTS through the transport map of ``result``'s guide (:mod:`inference.engine.transport`): ``(FitResult, Diagnosis)``.
 
-    The result draws from the chains (every draw once, uniformly resampled); its verdict rests
+    The result draws from the chains (distinct draws, a random subset, up to their number); its verdict rests
     on the chains' convergence: *reliable* when every split R-hat is at most 1.01, every bulk ESS
     at least 1000 (a mean's Monte Carlo error at most 0.03 sd), every tail ESS at least 400 and
     at most 1 in 2000 transitions diverged; *use with care* up to R-hat 1.05, ESS 100

@@ -161,7 +161,7 @@ def _from_fit(result, num_samples: int, seed: int | None) -> _Draws:
     dims = plate_dims(trace, [n for n in draws if n in trace]) if trace is not None else {}
     coords = {k: list(v) for k, v in dict(getattr(result.model, "coords", {}) or {}).items()}
     if result.exact_stage_draws:  # guide="auto" ended in its exact stage: the draws are NUTS's, not the guide's
-        what = f"exact stage of auto: NUTS through the {result.guide_name} guide's transport map"
+        what = f"exact stage of auto: NUTS through {result.exact_map}"
     else:
         what = result.guide_name
     return _Draws(f"vifit fit ({what}, {num_samples} draws)", draws, dims, coords)

@@ -61,6 +61,18 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
+def _default_chain_method(model, args, kwargs) -> str:
+    """``"sequential"`` when the model's log density runs a while loop, else ``"vectorized"``."""
+    from ..engine.target import _has_while_loop, _log_density_fn, find_layout
+
+    try:
+        layout, _ = find_layout(model, tuple(args), dict(kwargs), keep=False)
+        value_and_grad, _ = _log_density_fn(model, tuple(args), dict(kwargs), layout)
+        return "sequential" if _has_while_loop(value_and_grad, layout.size) else "vectorized"
+    except Exception:  # a model the flat layout cannot describe: NumPyro's own error comes later
+        return "vectorized"
+
+
 def _check_chain_method(chain_method: str, num_chains: int) -> str:
     if chain_method not in CHAIN_METHODS:
         raise ValueError(
@@ -376,7 +388,7 @@ def nuts(
     progress: bool = True,
     target_accept: float = 0.8,
     init_strategy: Callable[..., Any] | None = None,
-    chain_method: str = "vectorized",
+    chain_method: str | None = None,
     **kwargs: Any,
 ) -> NutsResult:
     r"""Sample the posterior of ``model`` with NUTS, as a reference for variational fits.
@@ -410,10 +422,13 @@ def nuts(
     init_strategy : callable, optional
         A NumPyro initialization strategy; ``init_to_median`` (median of 15 prior draws) by
         default.
-    chain_method : {"vectorized", "sequential", "parallel"}
+    chain_method : {"vectorized", "sequential", "parallel"}, optional
         How chains run. ``"vectorized"`` runs them as one compiled program (the right choice on
         one CPU or GPU), ``"sequential"`` one after the other, ``"parallel"`` one per device
-        (needs ``num_chains`` devices).
+        (needs ``num_chains`` devices). Default: ``"vectorized"``, or ``"sequential"`` when the
+        model's log density runs a while loop (an adaptive ODE solve with diffrax), which runs
+        as slowly as its slowest chain when vectorized (found from the traced density, nothing
+        computed).
 
     Returns
     -------
@@ -449,6 +464,8 @@ def nuts(
             f"init_strategy must be a NumPyro initialization strategy such as init_to_median or "
             f"init_to_value(values=...), got {init_strategy!r}"
         )
+    if chain_method is None:
+        chain_method = _default_chain_method(model, args, kwargs)
     chain_method = _check_chain_method(chain_method, num_chains)
 
     strategy = init_strategy if init_strategy is not None else init_to_median

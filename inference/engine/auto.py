@@ -15,7 +15,8 @@ through NumPyro's SVI). What :func:`fit_auto` does, in order:
 2. **The guide ladder.** By the number ``d`` of unconstrained latent dimensions:
    ``d <= 30``: ``multivariate_normal``, then ``multivariate_t`` (the same on a Student-t base,
    for heavy tails), then ``iaf`` (a flow on top of the full-rank fit);
-   ``30 < d <= 300``: ``low_rank`` then ``multivariate_normal``; larger: ``normal`` then
+   ``30 < d <= 100``: ``multivariate_normal`` then ``multivariate_t``;
+   ``100 < d <= 300``: ``low_rank`` then ``multivariate_normal``; larger: ``normal`` then
    ``low_rank``. Gaussian families are fitted on fixed draws (DADVI), flows on fresh draws.
 3. **Verdict and importance resampling.** After each fit the verdict is computed
    (:mod:`inference.checks.diagnostics`). Where importance weights have k-hat at most 0.7
@@ -157,6 +158,10 @@ def guide_ladder(d: int) -> tuple[str, ...]:
         return ("multivariate_normal", "multivariate_t")
     if d <= 30:
         return ("multivariate_normal", "multivariate_t", "iaf")
+    if d <= 100:
+        # A full-rank fit costs little here (d(d+1)/2 scale parameters), and the low-rank one,
+        # which it contains, added a fit that was never the answer (53-dimensional hierarchies).
+        return ("multivariate_normal", "multivariate_t")
     if d <= 300:
         return ("low_rank", "multivariate_normal")
     return ("normal", "low_rank")
@@ -285,44 +290,145 @@ def mixture_modes(found) -> list | None:
     ]
 
 
-def exact_stage(result, *, seed: int, num_samples: int = 1000, khat_draws: int = 16000):
+def chain_starts(found, k: int = 3) -> np.ndarray:
+    """Up to ``k`` end points of the MAP stage's other starts, for chains of the exact stage: ``(k', d)``.
+
+    The separate optima first (the most massive first), then starts that stopped where the Hessian
+    is not negative definite; when the best optimum itself has no Laplace approximation (so no
+    optimum could be weighed), the finite end points farthest from it.
+    """
+    R, d = found.locs.shape
+    best = found.best
+    if R < 2:
+        return np.zeros((0, d))
+    if found.laplace_ok:
+        _, stuck, _, distinct, log_mass = _optima(found.locs, found.potential, found.scale_trils, best)
+        order = sorted(distinct, key=lambda r: -log_mass[r]) + list(stuck)
+    else:
+        far = np.linalg.norm(found.locs - found.locs[best], axis=1)
+        order = [int(r) for r in np.argsort(-far) if r != best and np.isfinite(found.potential[r]) and far[r] > 1e-6]
+    return np.asarray([found.locs[r] for r in order[:k]]).reshape(-1, d)
+
+
+def _run_level(run) -> tuple[str, str]:
+    """The verdict level of an exact-stage run, and its advice."""
+    from .transport import DIVERGENT_CARE, ESS_CARE, RHAT_CARE
+
+    draws = run.num_chains * run.num_samples
+    worst_ess = float(min(np.min(run.ess_bulk), np.min(run.ess_tail)))
+    if run.converged:
+        return RELIABLE, ""
+    if np.max(run.rhat) <= RHAT_CARE and worst_ess >= ESS_CARE and run.divergences <= DIVERGENT_CARE * draws:
+        return CARE, f"draw more (guide_options={{'exact_draws': {2 * run.num_samples}}}), or run inference.nuts"
+    return UNRELIABLE, "the chains did not converge: run inference.nuts with more chains and draws, or reparameterize the model"
+
+
+def _run_rank(run) -> tuple:
+    """Order of exact-stage runs: verdict level, then fewer divergent transitions, then more effective draws."""
+    draws = run.num_chains * run.num_samples
+    return (_LEVEL_RANK[_run_level(run)[0]], -run.divergences / draws, float(min(np.min(run.ess_bulk), np.min(run.ess_tail))))
+
+
+def _non_centred_run(target, run, *, seed: int, num_samples: int, starts=None):
+    """NUTS again, through the non-centring of the model's centred sites and an affine map: ``(run, name)`` or None.
+
+    The affine map is the first run's draws' mean and Cholesky factor of their covariance in the
+    non-centred coordinates (regularized towards the identity as Stan's warmup does); None when
+    the model has no centred hierarchical site (:func:`inference.engine.noncentring.centred_sites`).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from .noncentring import centred_sites, non_centring
+    from .transport import TransportMap, transport_nuts
+
+    sites = centred_sites(target)
+    if not sites:
+        return None
+    nc = non_centring(target, sites)
+    v = np.asarray(jax.jit(nc.pull)(jnp.asarray(run.u)))
+    v = v[np.all(np.isfinite(v), axis=1)]
+    n, d = v.shape
+    if n <= d:
+        return None
+    cov = np.cov(v.T).reshape(d, d) * (n / (n + 5.0)) + 1e-3 * (5.0 / (n + 5.0)) * np.eye(d)
+    params = {"loc": jnp.asarray(v.mean(axis=0)), "tril": jnp.asarray(np.linalg.cholesky(cov))}
+
+    def push(p, x):
+        u, log_det = nc.push(p["loc"] + x @ p["tril"].T)
+        return u, log_det + jnp.sum(jnp.log(jnp.diag(p["tril"])))
+
+    def pull(p, u):
+        return jax.scipy.linalg.solve_triangular(p["tril"], (nc.pull(u) - p["loc"]).T, lower=True).T
+
+    name = f"a map that non-centres {', '.join(sites)} (loc + scale z)"
+    again = transport_nuts(target, TransportMap(name, push, d, pull=pull), params, seed=seed, num_samples=num_samples,
+                           starts=starts)
+    return again, name
+
+
+def exact_stage(result, *, seed: int, num_samples: int = 1000, khat_draws: int = 16000, starts=None):
     """NUTS through the transport map of ``result``'s guide (:mod:`inference.engine.transport`): ``(FitResult, Diagnosis)``.
 
     The result draws from the chains (distinct draws, a random subset, up to their number); its verdict rests
     on the chains' convergence: *reliable* when every split R-hat is at most 1.01, every bulk ESS
     at least 1000 (a mean's Monte Carlo error at most 0.03 sd), every tail ESS at least 400 and
     at most 1 in 2000 transitions diverged; *use with care* up to R-hat 1.05, ESS 100
-    and 1% divergent transitions; else *unreliable*. Checks made while fitting (the MAP stage's
-    modes) are kept.
+    and 1 in 500 divergent transitions; else *unreliable*.
+
+    When the chains fall short of *reliable* and the model has centred hierarchical sites (a
+    funnel, where one step size cannot fit the neck and the mouth), NUTS runs again through
+    their non-centring composed with an affine map fitted to the first chains' draws
+    (:mod:`inference.engine.noncentring`); the better run is kept (verdict level, then fewer
+    divergent transitions, then more effective draws), and the draws keep the model's sites.
+
+    Checks made while fitting are kept, except one: with ``starts`` (end points of the MAP stage's
+    other starts, separate optima first, :func:`chain_starts`), chains 1 .. k start there, and when
+    every chain converges to the same distribution those points are shown to lie in the one
+    posterior the chains sampled, so the MAP stage's warning (several modes, or optima that could
+    not be weighed) is answered and replaced by that finding.
     """
     from ..checks.diagnostics import Diagnosis, PsisResult, Verdict
     from .transport import DIVERGENT_OK, ESS_OK, ESS_TAIL_OK, RHAT_OK, transport_nuts
 
     posterior = result.posterior
     params = posterior.params(result.best_restart)
-    run = transport_nuts(posterior.target, posterior.family, params, seed=seed + 11, num_samples=num_samples)
-    n, draws = run.u.shape[0], run.num_chains * run.num_samples
+    run = transport_nuts(posterior.target, posterior.family, params, seed=seed + 11, num_samples=num_samples, starts=starts)
+    name = f"the fitted {result.guide_name} guide's transport map"
+    runs = [run]
+    if _run_level(run)[0] != RELIABLE:
+        again = _non_centred_run(posterior.target, run, seed=seed + 12, num_samples=num_samples, starts=starts)
+        if again is not None:
+            runs.append(again[0])
+            if _run_rank(again[0]) > _run_rank(run):
+                run, name = again
+    n = run.u.shape[0]
     worst_ess = float(min(np.min(run.ess_bulk), np.min(run.ess_tail)))
-    if run.converged:
-        level, advice = RELIABLE, ""
-    elif np.max(run.rhat) <= 1.05 and worst_ess >= 100 and run.divergences <= 0.01 * draws:
-        level, advice = CARE, f"draw more: guide_options={{'exact_draws': {4 * num_samples}}}, or run inference.nuts"
-    else:
-        level = UNRELIABLE
-        advice = "the chains did not converge: run inference.nuts with more chains and draws, or reparameterize the model"
+    level, advice = _run_level(run)
     bounds = f"R-hat <= {RHAT_OK}, bulk ESS >= {ESS_OK}, tail ESS >= {ESS_TAIL_OK}, at most {DIVERGENT_OK:.2%} divergent"
     check = Check(
         "exact stage",
         level,
-        f"the draws are NUTS's through the fitted {result.guide_name} guide's transport map (NeuTra HMC): "
+        f"the draws are NUTS's through {name} (NeuTra HMC): "
         f"{run.summary()} ({'within' if run.converged else 'outside'} {bounds})",
         advice,
     )
-    source = f"NUTS through the fitted {result.guide_name} guide's transport map (NeuTra HMC): {run.summary()}"
+    source = f"NUTS through {name} (NeuTra HMC): {run.summary()}"
     new_posterior = replace(posterior, importance=(result.best_restart, run.u, run.log_q, np.zeros(n)), importance_source=source)
     # What the fit met (skipped steps, failed solves, a stiff switch) stays in the verdict.
     faults = result.faults.check() if result.faults is not None else None
-    checks = ((faults,) if faults is not None else ()) + (check,) + tuple(c for c in result.extra_checks)
+    extra = tuple(result.extra_checks)
+    if run.chains_at_starts and run.converged:
+        k = run.chains_at_starts
+        mixed = Check(
+            "modes",
+            RELIABLE,
+            f"the MAP stage's warning answered: {'a chain' if k == 1 else f'{k} chains'} of the exact stage started "
+            f"at {'the end point' if k == 1 else 'the end points'} of its other starts (separate optima first), and "
+            f"every chain converged to the same distribution (largest R-hat {np.max(run.rhat):.3f}): one posterior",
+        )
+        extra = tuple(mixed if c.name == "modes" else c for c in extra)
+    checks = ((faults,) if faults is not None else ()) + (check,) + extra
     verdict = Verdict.from_checks(checks, khat_draws=n, ess=worst_ess)
     labels = posterior.target.layout.labels()
     diagnosis = Diagnosis(
@@ -337,6 +443,7 @@ def exact_stage(result, *, seed: int, num_samples: int = 1000, khat_draws: int =
         new._cache[key] = diagnosis
     new._cache["last_diagnosis"] = diagnosis
     new._cache["exact_run"] = run
+    new._cache["exact_runs"] = tuple(runs)
     return new, diagnosis
 
 
@@ -437,6 +544,7 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
     extra_checks: list[Check] = []
     start = None
     modes_found = None
+    optima_starts = None
     mappable: list = []  # fits whose guide has a transport map, for the exact stage
     if target is not None and map_starts > 0:
         t = time.perf_counter()
@@ -469,6 +577,7 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
         else:
             modes = check_modes(found.locs, found.potential, found.scale_trils, best)
             modes_found = mixture_modes(found)
+            optima_starts = chain_starts(found) if modes.level != RELIABLE else None
             tril = found.scale_trils[best] if found.laplace_ok else np.eye(d) * settings.init_scale
             start = (found.locs[best], tril)
             outcome = "stopped: the optima so far" if stage.halted else "start" if found.laplace_ok else "start (Hessian not positive definite: the guides start at the MAP with a small scale)"
@@ -576,15 +685,18 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
         # metric, robust where a flow's tails are uncertain), then the best verdict.
         source = max(mappable, key=lambda m: m[:4])[4]
         t = time.perf_counter()
+        # Chains also start at the MAP stage's other optima when its modes check warned of them.
         exact, exact_diagnosis = exact_stage(source, seed=settings.seed, num_samples=int(options.get("exact_draws", 1000)),
-                                             khat_draws=khat_draws)
+                                             khat_draws=khat_draws, starts=optima_starts)
         verdict = exact_diagnosis.verdict
         better = _LEVEL_RANK[verdict.level] >= chosen_key[0]
         attempts.append(
-            Attempt(f"exact ({source.guide_name} transport)", verdict.level, verdict.reason, float("nan"), float("nan"),
+            Attempt("exact (" + (f"{source.guide_name} transport" if "non-centres" not in exact.exact_map else
+                                 exact.exact_map.replace("a map that ", "").replace(" (loc + scale z)", "")) + ")", verdict.level, verdict.reason, float("nan"), float("nan"),
                     exact._cache["exact_run"].num_warmup + exact._cache["exact_run"].num_samples, time.perf_counter() - t,
                     "chosen: the variational answer was not reliable, so the draws are NUTS's through the guide's map"
-                    if better else "not chosen: its verdict is worse than the variational answer's")
+                    if better else "not chosen: its verdict is worse than the variational answer's",
+                    grad_evals=int(sum(r.grad_evals for r in exact._cache["exact_runs"])))
         )
         if better:
             chosen = exact

@@ -258,8 +258,19 @@ class FitResult:
         ``"NUTS through the multivariate_t guide's transport map (exact stage of auto)"``.
         """
         if self.exact_stage_draws:
-            return f"NUTS through the {self.guide_name} guide's transport map (exact stage of auto)"
+            return f"NUTS through {self.exact_map} (exact stage of auto)"
         return self.guide_name
+
+    @property
+    def exact_map(self) -> str:
+        """The map the exact stage's NUTS ran through, in words (``"the multivariate_normal guide's transport map"``,
+        or a map that non-centres a funnel's sites); empty when the draws are not the exact stage's."""
+        if not self.exact_stage_draws:
+            return ""
+        source = str(self.posterior.importance_source)
+        if "non-centres" in source:
+            return source.split("NUTS through ", 1)[1].split(" (NeuTra", 1)[0]
+        return f"the {self.guide_name} guide's transport map"
 
     def _exact_run_text(self) -> str:
         """The exact stage's chains in one sentence (chains, draws, R-hat, ESS, divergences); empty otherwise."""

@@ -146,6 +146,9 @@ class Target:
         Points at which the log density alone has been evaluated (the verdict's draws).
     placement : inference.engine.devices.Placement or None
         With ``devices=``: the mesh and how the model's data are split; None on one device.
+    chunk : int
+        Points evaluated together (vectorized) within a call (:func:`make_target`); 1 when the
+        log density runs a while loop (an adaptive ODE solve), which vectorized points slow down.
     """
 
     model: Callable
@@ -161,6 +164,7 @@ class Target:
     num_density_evals: int = 0
     compile_s: float = 0.0
     placement: Any = field(default=None, repr=False)
+    chunk: int = 1
 
     @property
     def dim(self) -> int:
@@ -566,7 +570,7 @@ def make_target(
         program, placement = _sharded_program(model, layout, trace, args, kwargs, B, chosen, chunk)
     idle = (jnp.zeros((B, 2), jnp.int64), jnp.zeros(B), jnp.zeros((B, d)))
     return Target(model, tuple(args), kwargs, layout, B, program, idle, prototype_trace=trace,
-                  compile_s=time.perf_counter() - t0, placement=placement)
+                  compile_s=time.perf_counter() - t0, placement=placement, chunk=chunk)
 
 
 class _ShardedProgram:

@@ -340,3 +340,27 @@ def test_nuts_on_reference_problem_a(bench_data, problems):
     assert np.isfinite(idata.log_likelihood["obs"].values).all()
     assert json.loads(json.dumps(float(idata.posterior.attrs["total_s"]))) > 0
     print(f"\nNUTS on problem a, 2 chains x (200 + 200): {result.timings.total_s:.1f} s")
+
+
+def test_default_chain_method_is_sequential_for_a_while_loop():
+    """Chains run one after another when the log density runs a while loop (an adaptive ODE
+    solve: vectorized, every chain would wait for the slowest one's loop), else vectorized."""
+    from inference.checks.nuts import _default_chain_method
+    from vi_models.kinetics import Mechanism, make_solver
+
+    # Michaelis-Menten has no closed form: diffrax with adaptive steps, a while loop.
+    solve = make_solver(Mechanism.parse("S -> P : mm(Vmax, Km)"))
+    times = jnp.array([1.0, 2.0])
+
+    def looped(y):
+        k = numpyro.sample("k", dist.LogNormal(0.0, 1.0))
+        ys, _ = solve(jnp.array([1.0, 0.0]), times, jnp.stack([k, 2.0]))
+        numpyro.sample("y", dist.Normal(ys[:, 0], 1.0), obs=y)
+
+    def plain(y):
+        k = numpyro.sample("k", dist.LogNormal(0.0, 1.0))
+        numpyro.sample("y", dist.Normal(k, 1.0), obs=y)
+
+    y = jnp.array([0.5, 0.7])
+    assert _default_chain_method(looped, (y,), {}) == "sequential"
+    assert _default_chain_method(plain, (y,), {}) == "vectorized"

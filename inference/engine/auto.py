@@ -234,7 +234,7 @@ def check_modes(locs: np.ndarray, losses: np.ndarray, scale_trils: np.ndarray, b
         return Check(
             "modes",
             UNRELIABLE,
-            f"{where}; the largest of those holds about {share:.0%} of the best one's Laplace mass, so the "
+            f"{where}; the largest of those holds {_mass_ratio(share)} the best one's Laplace mass, so the "
             "posterior may have several modes and this fit describes one of them",
             "compare with inference.nuts (several chains), or give priors that rule the other mode out",
         )
@@ -243,6 +243,13 @@ def check_modes(locs: np.ndarray, losses: np.ndarray, scale_trils: np.ndarray, b
         RELIABLE,
         f"{where}, each holding less than 1% of the best one's Laplace mass (largest {share:.1e})",
     )
+
+
+def _mass_ratio(share: float) -> str:
+    """``"about 93% of"`` or, for a heavier optimum, ``"about 1.7e+04 times"``."""
+    if share < 2:
+        return f"about {share:.0%} of"
+    return f"about {share:.2g} times"
 
 
 def _optima(locs, losses, scale_trils, best):

@@ -284,6 +284,7 @@ def transport_nuts(
     if bad.any():
         x0[bad] = 0.0
         states = init_chains(jnp.asarray(x0), keys, params)
+        at_starts = int(np.sum(~bad[1 : 1 + at_starts]))  # a given start with no finite density was replaced
     grad_evals = num_chains
     for _ in range(warmup_blocks):
         states, (_, _, steps) = block_chains(states, params)

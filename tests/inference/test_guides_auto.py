@@ -187,6 +187,10 @@ def test_check_modes_weighs_separate_optima_by_laplace_mass():
     assert even.level == "unreliable" and "2 of 3 MAP starts" in even.message and "61%" in even.message
     tiny = check_modes(locs, np.array([5.0, 5.0, 20.0]), tril, 0)  # exp(-15): negligible
     assert tiny.level == "reliable" and "less than 1%" in tiny.message
+    # A lower optimum in a much wider basin (a flat direction) holds more mass: a ratio, not "1670415%".
+    wide = np.stack([np.eye(2), np.eye(2), np.diag([100.0, 100.0])])
+    heavy = check_modes(locs, np.array([5.0, 5.0, 6.0]), wide, 0)  # 1e4 * exp(-1) = 3.7e3 times
+    assert heavy.level == "unreliable" and "about 3.7e+03 times the best one's" in heavy.message, heavy.message
 
 
 def test_flow_guides_start_as_the_gaussian_they_are_given():

@@ -21,6 +21,7 @@ def test_every_example_is_tested():
         "real_experiments",
         "many_experiments",
         "interrupt_and_resume",
+        "funnel",
         # run by their own test files at small size:
         "mixture_gumbel_softmax",  # tests/vi_models/test_relaxed.py
         "reactor_decision",  # tests/inference/test_decisions.py
@@ -84,6 +85,16 @@ def test_gradient_estimators_example_matches_the_closed_forms(load_example):
     score = [r["score_var"] for r in out["closed_forms"] if r["f"] == "z^2"]
     assert score[0] < score[1] < score[2]  # grows as sigma -> 0
     assert out["kinetics"].median_score_ratio > 100
+
+
+def test_funnel_example_is_sampled_through_its_non_centring(load_example):
+    out = load_example("funnel").main(small=True)
+    assert "non-centres logk" in out["draws_from"] and out["verdict"] in ("reliable", "use with care")
+    # The long NUTS reference (benchmarks/data/calibration/references.json, problem "funnel"): tau's
+    # median 0.1215, log sd 1.01; with an ESS of at least 1000 the median's log is within 0.2 (5 se).
+    median, q05, q95 = out["tau"]
+    assert abs(math.log(median / 0.1215)) < 0.2
+    assert q05 < 0.03 and q95 > 0.25  # the neck and the mouth are both sampled (reference 0.013, 0.305)
 
 
 def test_choosing_a_guide_example_records_the_search(load_example):

@@ -46,7 +46,9 @@ def model(y=None):
 def main(small: bool = False, with_nuts: bool = False) -> dict:
     """Fit with ``guide="auto"`` (and plain NUTS with ``with_nuts``); return what each found."""
     y = jnp.asarray(data())
-    result = fit(model, y, seed=0, progress=not small)
+    # A quick run tries only the full-rank Gaussian before the exact stage (whose map it is anyway).
+    options = {"ladder": ("multivariate_normal",)} if small else {}
+    result = fit(model, y, seed=0, progress=not small, guide_options=options)
     print(result.summary(num_samples=1000 if small else 4000))
     draws = result.sample(4000)
     out = {

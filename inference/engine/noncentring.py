@@ -72,7 +72,8 @@ def centred_sites(target) -> tuple[str, ...]:
     """Latent ``Normal`` sites of ``target``'s model whose location or scale depends on another latent site.
 
     A site qualifies when none of the latent sites it depends on qualifies itself (nested
-    hierarchies are left as they are). Found from NumPyro's dependency tracing of the model.
+    hierarchies are left as they are). Found from NumPyro's dependency tracing of the model;
+    where that tracing fails, no site is returned.
     """
     import numpyro.distributions as dist
     from numpyro.infer.inspect import get_dependencies
@@ -86,7 +87,10 @@ def centred_sites(target) -> tuple[str, ...]:
         candidates.append(name)
     if not candidates:
         return ()
-    deps = get_dependencies(target.model, target.args, target.kwargs)["prior_dependencies"]
+    try:
+        deps = get_dependencies(target.model, target.args, target.kwargs)["prior_dependencies"]
+    except Exception:  # a model NumPyro's provenance tracing cannot follow: no site is non-centred
+        return ()
     parents = {name: (set(deps.get(name, {})) & latent) - {name} for name in candidates}
     centred = {name for name in candidates if parents[name]}
     return tuple(name for name in candidates if name in centred and not (parents[name] & centred))

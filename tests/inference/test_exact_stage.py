@@ -94,7 +94,8 @@ def test_chains_started_at_far_points_converge_and_are_counted():
 
 
 def test_auto_non_centres_a_centred_funnel_in_its_exact_stage():
-    result = fit(centred_funnel, progress=False, seed=0)
+    # Only the full-rank Gaussian before the exact stage (the map auto's exact stage prefers anyway).
+    result = fit(centred_funnel, progress=False, seed=0, guide_options={"ladder": ("multivariate_normal",)})
     assert result.exact_stage_draws, [a.guide for a in result.attempts]
     assert "non-centres x" in result.settings["draws_from"]
     assert "non-centres x" in result.draws_label

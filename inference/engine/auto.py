@@ -192,7 +192,6 @@ def check_modes(locs: np.ndarray, losses: np.ndarray, scale_trils: np.ndarray, b
     R = locs.shape[0]
     if R == 1:
         return Check("modes", RELIABLE, "one MAP start, so separate optima were not looked for")
-    finite = np.isfinite(losses)
     L_b = scale_trils[best]
     if not np.all(np.isfinite(L_b)):
         return Check(

@@ -984,7 +984,10 @@ def _diagnose_flat(result, num_samples: int, *, seed: int | None, curvature: boo
     if curvature:
         finite = np.isfinite(log_p)
         try:
-            checks.append(check_curvature_flat(u[finite], labels, target.hessian, result.guide_name))
+            from ..engine.noncentring import curvature_inputs
+
+            x, hessian = curvature_inputs(target, posterior.family, u[finite])
+            checks.append(check_curvature_flat(x, labels, hessian, result.guide_name))
         except _CURVATURE_ERRORS as err:
             checks.append(Check("curvature", CARE, f"curvature check not possible: {err}"))
     checks.append(psis_check)

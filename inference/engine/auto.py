@@ -58,6 +58,7 @@ from ..checks.diagnostics import CARE, RELIABLE, UNRELIABLE, Check
 from .faults import examine_draws, stiff_variant, with_stiff_switch
 from .flat import fit_flat, flat_guide, target_for
 from .importance import importance_resampled
+from .noncentring import centring_weights, partial_centring, through_coordinates
 from .result import FitResult, Timings
 from .schedules import check_schedules
 from .settings import FitSettings
@@ -316,6 +317,15 @@ def chain_starts(found, k: int = 3) -> np.ndarray:
     return np.asarray([found.locs[r] for r in order[:k]]).reshape(-1, d)
 
 
+def centring_note(weights: dict) -> str:
+    """What the partial centring does, for the MAP stage's attempt: ``"the guides work in ..."``."""
+    parts = [f"{name} ({float(np.min(w)):.2f} to {float(np.max(w)):.2f})" for name, w in weights.items()]
+    return (
+        "the data inform the groups, so the guides work in partially centred coordinates of "
+        f"{', '.join(parts)} (centring weights, 1 = centred; inference.engine.noncentring)"
+    )
+
+
 def _run_level(run) -> tuple[str, str]:
     """The verdict level of an exact-stage run, and its advice."""
     from .transport import DIVERGENT_CARE, ESS_CARE, RHAT_CARE
@@ -551,6 +561,7 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
     start = None
     modes_found = None
     optima_starts = None
+    through = None  # the partial centring of non-centred hierarchies the guides are fitted through
     mappable: list = []  # fits whose guide has a transport map, for the exact stage
     if target is not None and map_starts > 0:
         t = time.perf_counter()
@@ -587,6 +598,12 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
             tril = found.scale_trils[best] if found.laplace_ok else np.eye(d) * settings.init_scale
             start = (found.locs[best], tril)
             outcome = "stopped: the optima so far" if stage.halted else "start" if found.laplace_ok else "start (Hessian not positive definite: the guides start at the MAP with a small scale)"
+            weights = centring_weights(target, found.locs[best], found.scale_trils[best]) if found.laplace_ok else None
+            if weights is not None and not stage.halted:
+                # Informative groups: the guides work in (partially) centred coordinates of the hierarchy.
+                through = partial_centring(target, weights)
+                start = through_coordinates(through, *start)
+                outcome += "; " + centring_note(weights)
         extra_checks.append(modes)
         attempts.append(
             Attempt("laplace", modes.level, modes.message, float(-found.potential[best]), float("nan"),
@@ -612,7 +629,8 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
         attempt_settings = base.with_(guide=name)
         try:
             if target is not None and flat_guide(attempt_settings) is not None:
-                result = fit_flat(target, attempt_settings, start=start, control=control, key=f"fit {i} {name}")
+                result = fit_flat(target, attempt_settings, start=start, control=control, key=f"fit {i} {name}",
+                                  through=through)
             else:
                 result = run_svi(model, args, kwargs, attempt_settings, control=control)
         except ValueError as err:
@@ -721,6 +739,8 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
         record["draws_from"] = source if source.startswith("NUTS") else f"importance-resampled from {source}"
     record["attempts"] = [a.as_dict() for a in attempts]
     record["grad_evals"] = int(sum(a.grad_evals for a in attempts))
+    if through is not None:
+        record["centring"] = {name: [float(w.min()), float(w.max())] for name, w in zip(through.sites, through.weights)}
     if target is not None:
         record["density_evals"] = int(target.num_density_evals)
     if problem is not None:

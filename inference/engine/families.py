@@ -54,13 +54,13 @@ ICML.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Family", "FAMILIES", "make_family"]
+__all__ = ["Family", "FAMILIES", "make_family", "through_map"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -86,6 +86,10 @@ class Family(NamedTuple):
         stage, :mod:`inference.engine.transport`); None where there is none (``low_rank``).
     base : str
         The base distribution: ``"normal"`` or ``"student_t"``.
+    through : NonCentring or None
+        A fixed bijection ``v -> u`` the family is fitted through (:func:`through_map`): ``init``,
+        ``moments`` and the parameters live in its coordinates ``v``, ``sample`` and ``push`` give
+        the model's ``u``. None: the family is on ``u`` itself.
     """
 
     name: str
@@ -95,6 +99,33 @@ class Family(NamedTuple):
     moments: Callable
     push: Callable | None = None
     base: str = "normal"
+    through: Any = None
+
+
+def through_map(family: Family, bijection) -> Family:
+    r"""``family`` fitted in the coordinates ``v`` of a fixed bijection ``u = T(v)``.
+
+    With :math:`v = g_\phi(\epsilon)` the family's draw, :math:`u = T(v)` and
+    :math:`\log q(u) = \log q_\phi(v) - \log\lvert\det \partial T / \partial v\rvert`:
+    a family that is Gaussian in partially centred coordinates of a hierarchy
+    (:func:`inference.engine.noncentring.partial_centring`) is not Gaussian in the model's own.
+    ``bijection`` has ``push(v (n, d)) -> (u, log_det (n,))`` and ``pull(u) -> v``.
+    """
+
+    def sample(params, eps):
+        v, log_q = family.sample(params, eps)
+        u, log_det = bijection.push(v)
+        return u, log_q - log_det
+
+    push = None
+    if family.push is not None:
+
+        def push(params, x):
+            v, log_det_v = family.push(params, x)
+            u, log_det_u = bijection.push(v)
+            return u, log_det_v + log_det_u
+
+    return family._replace(sample=sample, push=push, through=bijection)
 
 
 def _std_normal_logpdf(eps):

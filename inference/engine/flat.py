@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from .families import FAMILIES, make_family
+from .families import FAMILIES, make_family, through_map
 from .faults import fit_faults, refit_if_stiff
 from .guides import canonical_name
 from .posterior import FlatPosterior, public_params
@@ -84,7 +84,10 @@ def _start(target: Target, settings: FitSettings, start: tuple | None) -> tuple[
     return starts, trils
 
 
-def fit_flat(target: Target, settings: FitSettings, *, start: tuple | None = None, control=None, key: str | None = None) -> FitResult:
+def fit_flat(
+    target: Target, settings: FitSettings, *, start: tuple | None = None, control=None, key: str | None = None,
+    through=None,
+) -> FitResult:
     """One guide family fitted on the flat engine (``settings.guide`` names it).
 
     Parameters
@@ -99,6 +102,9 @@ def fit_flat(target: Target, settings: FitSettings, *, start: tuple | None = Non
         The fit's interrupt request and checkpoint; this fit is its stage ``key`` (default
         ``"fit <guide>"``): replayed from the checkpoint when an earlier run finished it,
         continued when it was running, else fitted and recorded.
+    through : inference.engine.noncentring.NonCentring, optional
+        A fixed bijection ``v -> u`` to fit the family through
+        (:func:`inference.engine.families.through_map`); ``start`` is then in its coordinates ``v``.
     """
     from .vi import (
         family_fit_arrays, family_fit_restore, find_map, fit_family, fit_family_fixed, map_result_arrays,
@@ -135,6 +141,8 @@ def fit_flat(target: Target, settings: FitSettings, *, start: tuple | None = Non
         t_compiled = t_run = time.perf_counter()
     else:
         family = make_family(name, d, settings.guide_options)
+        if through is not None:
+            family = through_map(family, through)
         params = _init_params(family, locs, trils, settings.seed)
         t_compiled = time.perf_counter()
         if done is not None:
@@ -204,7 +212,7 @@ def fit_flat(target: Target, settings: FitSettings, *, start: tuple | None = Non
         return result
     # An explicit ODE solver at its step limit: refit once with the stiff solver (the model's own).
     again = f"{key or f'fit {name}'} (stiff solver)"
-    return refit_if_stiff(result, lambda stiff: fit_flat(stiff, settings, start=start, control=control, key=again))
+    return refit_if_stiff(result, lambda stiff: fit_flat(stiff, settings, start=start, control=control, key=again, through=through))
 
 
 _INIT_PROGRAMS: dict = {}

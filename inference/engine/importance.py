@@ -139,7 +139,10 @@ def _resampled_result(result, diagnosis, u, log_q, weights, shift, source: str, 
                 # Draws from several optima: curvature at one centre says nothing about them.
                 checks.append(Check("curvature", RELIABLE, f"not applicable: the draws span {modes_found} optima"))
             else:
-                checks.append(check_curvature_flat(resampled, labels, target.hessian, result.guide_name))
+                from .noncentring import curvature_inputs
+
+                x, hessian = curvature_inputs(target, result.posterior.family, resampled)
+                checks.append(check_curvature_flat(x, labels, hessian, result.guide_name))
         elif check.name == "modes" and modes_found:
             checks.append(Check("modes", RELIABLE, f"the {modes_found} separate optima are all in the draws: {source}"))
         else:

@@ -39,7 +39,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["NonCentring", "centred_sites", "non_centring"]
+__all__ = [
+    "NonCentring", "centred_sites", "non_centring", "noncentred_sites", "centring_weights", "partial_centring",
+    "through_coordinates", "NON_CENTRED",
+]
+
+#: The ``infer`` key that marks a non-centred site: ``numpyro.sample(name, Normal(0, 1),
+#: infer={NON_CENTRED: (loc, scale)})`` says the model uses ``theta = loc + scale * z``.
+NON_CENTRED = "non_centred"
 
 
 class NonCentring(NamedTuple):
@@ -59,6 +66,7 @@ class NonCentring(NamedTuple):
     sites: tuple
     push: Callable
     pull: Callable
+    weights: tuple = ()
 
 
 def _base(fn):
@@ -155,3 +163,199 @@ def non_centring(target, sites) -> NonCentring:
         return v
 
     return NonCentring(names, jax.vmap(push_one), jax.vmap(pull_one))
+
+
+# -- partial centring of non-centred sites -----------------------------------------------------------
+def noncentred_sites(target) -> tuple[str, ...]:
+    """Latent sites of ``target``'s model marked as non-centred (``infer={NON_CENTRED: (loc, scale)}``).
+
+    The kinetics builder marks the ``p_z`` sites of its hierarchies so; a hand-written model can
+    mark a standard normal site the same way to say that it enters the model as ``loc + scale z``.
+    """
+    out = []
+    for name in target.layout.names:
+        site = target.prototype_trace.get(name) or {}
+        if NON_CENTRED in (site.get("infer") or {}):
+            out.append(name)
+    return tuple(out)
+
+
+#: Sites whose largest centring weight is below this keep the model's non-centred form.
+CENTRING_MIN = 0.5
+
+
+def centring_weights(target, loc: np.ndarray, scale_tril: np.ndarray, sites=None) -> dict | None:
+    r"""How far to centre each non-centred site, from the Laplace approximation at the MAP.
+
+    In the non-centred form :math:`\theta_g = m + s z_g` of a normal hierarchy the Hessian
+    diagonal of :math:`-\log p` in :math:`z_g` is :math:`h_g = s^2 I_g + 1`, with :math:`I_g`
+    the information the data give about :math:`\theta_g`; the centring weight
+
+    .. math::
+
+        \lambda_g = 1 - 1 / h_g = \frac{s^2 I_g}{s^2 I_g + 1} \in [0, 1)
+
+    is the share of :math:`\theta_g`'s precision that comes from the data: near 1 (informative
+    groups) the centred form :math:`\theta_g` is nearly independent of :math:`(m, s)` a
+    posteriori and the non-centred :math:`z_g` is a curved function of :math:`s`; near 0 the
+    reverse (Papaspiliopoulos et al. 2007; Gorinova et al. 2020 choose it by the ELBO, here it
+    is read off the curvature).
+
+    Parameters
+    ----------
+    target : Target
+    loc : ndarray, shape (d,)
+        The MAP (flat, unconstrained).
+    scale_tril : ndarray, shape (d, d)
+        Cholesky factor of the Laplace covariance (the inverse of the negative Hessian).
+    sites : sequence of str, optional
+        Default :func:`noncentred_sites`.
+
+    Returns
+    -------
+    dict of str to ndarray, or None
+        ``lambda`` of every element of each site, or None when no site has an element at or
+        above :data:`CENTRING_MIN` (the model's own form is then the better one) or the Laplace
+        approximation is not finite.
+    """
+    sites = noncentred_sites(target) if sites is None else tuple(sites)
+    if not sites or not np.all(np.isfinite(scale_tril)):
+        return None
+    precision = np.linalg.inv(scale_tril @ scale_tril.T)
+    h = np.diag(precision)
+    out, i, top = {}, 0, 0.0
+    for name, shape in zip(target.layout.names, target.layout.shapes):
+        n = int(np.prod(shape))
+        if name in sites:
+            lam = np.clip(1.0 - 1.0 / np.maximum(h[i : i + n], 1e-12), 0.0, 1.0)
+            out[name] = lam
+            top = max(top, float(lam.max()))
+        i += n
+    return out if top >= CENTRING_MIN else None
+
+
+def partial_centring(target, weights: dict) -> NonCentring:
+    r"""The partial centring of non-centred sites (weights :math:`\lambda`), as a map on the flat vector.
+
+    For a site with :math:`\theta = m + s z` (``infer={NON_CENTRED: (m, s)}``) the coordinate
+    :math:`\tilde\theta = \lambda m + s^\lambda z` is sampled in place of :math:`z`
+    (Gorinova, Moore and Hoffman 2020, "variationally inferred parameterisation"):
+    :math:`\lambda = 0` is the model's non-centred form, :math:`\lambda = 1` the centred one.
+    ``push`` maps that vector to the model's,
+
+    .. math::
+
+        z = (\tilde\theta - \lambda m) / s^\lambda, \qquad
+        \log\lvert\det \partial z / \partial\tilde\theta\rvert = -\lambda \log s ,
+
+    and ``pull`` back. :math:`m` and :math:`s` are read from a run of the model cut after the
+    latents; they depend on other sites only, which the map leaves as they are.
+
+    References
+    ----------
+    Gorinova, M. I., Moore, D. and Hoffman, M. D. (2020). Automatic reparameterisation of
+    probabilistic programs. ICML.
+    """
+    from numpyro import handlers
+    from numpyro.distributions.transforms import biject_to
+
+    from .target import _Cut, _latents_only
+
+    layout = target.layout
+    names = tuple(weights)
+    slots = {}
+    i = 0
+    for name, shape in zip(layout.names, layout.shapes):
+        n = int(np.prod(shape))
+        slots[name] = (i, n, shape)
+        i += n
+    lams = {name: jnp.asarray(np.broadcast_to(weights[name], (slots[name][1],)), dtype=jnp.float64) for name in names}
+
+    def loc_scale(u):
+        values = layout.unpack(u)
+
+        def substitute(site):
+            if site["name"] in values:
+                return biject_to(site["fn"].support)(values[site["name"]])
+            return None
+
+        model = _latents_only(target.model, layout.names)
+        run = handlers.trace(handlers.substitute(handlers.seed(model, 0), substitute_fn=substitute))
+        try:
+            run.get_trace(*target.args, **target.kwargs)
+        except _Cut:
+            pass
+        out = {}
+        for name in names:
+            loc, scale = run.trace[name]["infer"][NON_CENTRED]
+            shape = slots[name][2]
+            out[name] = (jnp.broadcast_to(loc, shape).reshape(-1), jnp.broadcast_to(scale, shape).reshape(-1))
+        return out
+
+    def push_one(v):
+        ls = loc_scale(v)  # the parents of the sites are the same in v and u
+        u, log_det = v, 0.0
+        for name in names:
+            start, n, _ = slots[name]
+            loc, scale = ls[name]
+            lam = lams[name]
+            u = u.at[start : start + n].set((v[start : start + n] - lam * loc) * scale ** (-lam))
+            log_det = log_det - jnp.sum(lam * jnp.log(scale))
+        return u, log_det
+
+    def pull_one(u):
+        ls = loc_scale(u)
+        v = u
+        for name in names:
+            start, n, _ = slots[name]
+            loc, scale = ls[name]
+            lam = lams[name]
+            v = v.at[start : start + n].set(lam * loc + scale**lam * u[start : start + n])
+        return v
+
+    return NonCentring(names, jax.vmap(push_one), jax.vmap(pull_one), tuple(np.asarray(weights[n]) for n in names))
+
+
+def through_coordinates(bijection, loc: np.ndarray, scale_tril: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""A Gaussian ``N(loc, L L^T)`` in the model's flat space moved into ``bijection``'s coordinates.
+
+    ``v* = pull(loc)`` and :math:`L_v` the Cholesky factor of :math:`J^{-1} L L^T J^{-T}`, with
+    :math:`J = \partial u / \partial v` at ``v*`` (the linearization of the map).
+    """
+    v = np.asarray(jax.jit(bijection.pull)(jnp.asarray(loc)[None]))[0]
+    J = np.asarray(jax.jit(jax.jacfwd(lambda x: bijection.push(x[None])[0][0]))(jnp.asarray(v)))
+    M = np.linalg.solve(J, scale_tril)
+    cov = M @ M.T
+    return v, np.linalg.cholesky(0.5 * (cov + cov.T) + 1e-12 * np.eye(len(v)))
+
+
+def curvature_inputs(target, family, u: np.ndarray):
+    """Points and a Hessian for the curvature check, in the coordinates the guide family works in.
+
+    ``(u, target.hessian)`` for a family on the model's flat vector; for a family fitted through a
+    fixed map (``family.through``), the draws pulled back and the Hessian of the log density in
+    those coordinates, ``log pi(push(v)) + log|det push'(v)|`` (central differences of its gradient).
+    """
+    through = getattr(family, "through", None)
+    if through is None:
+        return u, target.hessian
+    from .guides import fd_points, fd_symmetric_hessian
+
+    pull = jax.jit(through.pull)
+
+    def gradient_v(v, g_u):
+        _, vjp = jax.vjp(through.push, v)
+        return vjp((g_u, jnp.ones(v.shape[0])))[0]
+
+    gradient_v = jax.jit(gradient_v)
+
+    def hessian(x0, h):
+        x0, h = np.asarray(x0, dtype=float), np.asarray(h, dtype=float)
+        points = fd_points(x0, h, np)
+        u_pts = np.asarray(jax.jit(through.push)(jnp.asarray(points))[0])
+        _, g_u = target.log_density(u_pts, grad=True)
+        g_v = np.asarray(gradient_v(jnp.asarray(points), jnp.asarray(g_u)))
+        return fd_symmetric_hessian(g_v, h, np)
+
+    v = np.asarray(pull(jnp.asarray(u))) if len(u) else u
+    return v, hessian

@@ -171,6 +171,12 @@ class FlatPosterior:
                 f"the {self.family.name!r} guide of the flat engine has no NumPyro autoguide twin; fit with "
                 "guide='multivariate_normal' for tools that need a NumPyro guide"
             )
+        if self.family.through is not None:
+            raise ValueError(
+                f"this {self.family.name!r} guide was fitted in partially centred coordinates of "
+                f"{', '.join(self.family.through.sites)}, so no NumPyro autoguide over the model's own sites equals it; "
+                f"fit guide={self.family.name!r} directly for tools that need a NumPyro guide"
+            )
         kwargs = {"rank": int(np.asarray(self.restart_params["W"]).shape[-1])} if self.family.name == "low_rank" else {}
         guide = classes[self.family.name](self.target.model, **kwargs)
         from numpyro import handlers

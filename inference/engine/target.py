@@ -330,7 +330,9 @@ def _find_layout(model, args, kwargs) -> Layout:
                 else None,
                 "args": s.get("args") if s["type"] == "plate" else (),
                 "cond_indep_stack": s.get("cond_indep_stack", ()),
-                "infer": s.get("infer", {}),
+                # Values an infer dict carries (a non-centred site's location and scale) are
+                # tracers of this abstract run: only their presence is kept.
+                "infer": {k: (True if k == "non_centred" else v) for k, v in (s.get("infer") or {}).items()},
             }
             for n, s in trace.items()
         }

@@ -275,6 +275,11 @@ def transport_nuts(
     if starts is not None and len(starts):
         pull = getattr(family, "pull", None)
         inverse = (lambda u: np.asarray(pull(params, jnp.asarray(u)))) if pull is not None else _affine_inverse(family, params, d)
+        through = getattr(family, "through", None)
+        if pull is None and through is not None:
+            # An affine map fitted through a fixed bijection: undo the bijection, then the affine part.
+            inner = _affine_inverse(family._replace(push=lambda p, x: (through.pull(family.push(p, x)[0]), None)), params, d)
+            inverse = None if inner is None else (lambda u: inner(np.asarray(through.pull(jnp.asarray(u)))))
         if inverse is not None:
             points = np.asarray(starts, dtype=float)[: num_chains - 1]
             x0[1 : 1 + len(points)] = inverse(points)

@@ -185,7 +185,8 @@ class ExperimentModel:
                 if level.centered:
                     u = numpyro.sample(f"{p}_u", dist.Normal(eta, tau))
                 else:
-                    z = numpyro.sample(f"{p}_z", self.priors[f"{p}_z"])
+                    # Marked as the non-centred form of Normal(eta, tau): the fit may centre it in part.
+                    z = numpyro.sample(f"{p}_z", self.priors[f"{p}_z"], infer={"non_centred": (eta, tau)})
                     u = eta + tau * z
             group_values = numpyro.deterministic(p, jnp.exp(u) if level.log else u)
             values[p] = jnp.asarray(group_values)[np.asarray(level.index)]

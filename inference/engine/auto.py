@@ -58,7 +58,7 @@ from ..checks.diagnostics import CARE, RELIABLE, UNRELIABLE, Check
 from .faults import examine_draws, stiff_variant, with_stiff_switch
 from .flat import fit_flat, flat_guide, target_for
 from .importance import importance_resampled
-from .noncentring import centring_weights, partial_centring, through_coordinates
+from .noncentring import choose_centring, through_coordinates
 from .result import FitResult, Timings
 from .schedules import check_schedules
 from .settings import FitSettings
@@ -297,6 +297,16 @@ def mixture_modes(found) -> list | None:
     ]
 
 
+def heaviest_optimum(found) -> int:
+    """The MAP start whose optimum holds the most Laplace mass (:func:`check_modes`'s weighing): the best one unless a separate optimum outweighs it."""
+    best = found.best
+    if found.locs.shape[0] < 2 or not found.laplace_ok:
+        return best
+    _, _, _, distinct, log_mass = _optima(found.locs, found.potential, found.scale_trils, best)
+    heavier = [r for r in distinct if log_mass[r] > 0.0]
+    return max(heavier, key=lambda r: log_mass[r]) if heavier else best
+
+
 def chain_starts(found, k: int = 3) -> np.ndarray:
     """Up to ``k`` end points of the MAP stage's other starts, for chains of the exact stage: ``(k', d)``.
 
@@ -315,15 +325,6 @@ def chain_starts(found, k: int = 3) -> np.ndarray:
         far = np.linalg.norm(found.locs - found.locs[best], axis=1)
         order = [int(r) for r in np.argsort(-far) if r != best and np.isfinite(found.potential[r]) and far[r] > 1e-6]
     return np.asarray([found.locs[r] for r in order[:k]]).reshape(-1, d)
-
-
-def centring_note(weights: dict) -> str:
-    """What the partial centring does, for the MAP stage's attempt: ``"the guides work in ..."``."""
-    parts = [f"{name} ({float(np.min(w)):.2f} to {float(np.max(w)):.2f})" for name, w in weights.items()]
-    return (
-        "the data inform the groups, so the guides work in partially centred coordinates of "
-        f"{', '.join(parts)} (centring weights, 1 = centred; inference.engine.noncentring)"
-    )
 
 
 def _run_level(run) -> tuple[str, str]:
@@ -596,14 +597,17 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
             modes_found = mixture_modes(found)
             optima_starts = chain_starts(found) if modes.level != RELIABLE else None
             tril = found.scale_trils[best] if found.laplace_ok else np.eye(d) * settings.init_scale
-            start = (found.locs[best], tril)
+            heavy = heaviest_optimum(found)
+            # The guides start at the optimum with the most Laplace mass: in a hierarchy the densest
+            # optimum can be a narrow spike (a group scale near zero) that holds little of the posterior.
+            start = (found.locs[heavy], found.scale_trils[heavy]) if heavy != best else (found.locs[best], tril)
             outcome = "stopped: the optima so far" if stage.halted else "start" if found.laplace_ok else "start (Hessian not positive definite: the guides start at the MAP with a small scale)"
-            weights = centring_weights(target, found.locs[best], found.scale_trils[best]) if found.laplace_ok else None
-            if weights is not None and not stage.halted:
-                # Informative groups: the guides work in (partially) centred coordinates of the hierarchy.
-                through = partial_centring(target, weights)
-                start = through_coordinates(through, *start)
-                outcome += "; " + centring_note(weights)
+            if found.laplace_ok and not stage.halted:
+                # Informative groups: the guides may work in (partially) centred coordinates of the hierarchy.
+                through, note = choose_centring(target, start[0], start[1], seed=settings.seed)
+                if through is not None:
+                    start = through_coordinates(through, *start)
+                outcome += f"; {note}" if note else ""
         extra_checks.append(modes)
         attempts.append(
             Attempt("laplace", modes.level, modes.message, float(-found.potential[best]), float("nan"),

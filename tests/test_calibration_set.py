@@ -40,7 +40,8 @@ FROM_MEDIANS = (
 def _d_values(med):
     z = np.zeros(50)
     z[:2] = [(np.log(med[f"k[{i}]"]) - med["mu"]) / med["tau"] for i in (0, 1)]
-    return {"mu": med["mu"], "tau": med["tau"], "sigma": med["sigma"], "z": z}
+    # The kinetics builder's names for the hierarchy of k (benchmarks/calibration_problems.py).
+    return {"k_mu": med["mu"], "k_tau": med["tau"], "sigma": med["sigma"], "k_z": z}
 
 
 def _funnel_values(med):

@@ -10,8 +10,12 @@ through NumPyro's SVI). What :func:`fit_auto` does, in order:
    values (a kinetics model's ``initial_values()``: initial concentrations read off the data),
    the starts are centred on those. The start with the highest log density wins; its Laplace
    approximation (MAP and inverse Hessian by central differences of the exact gradient) is
-   where the variational fits begin. Separate optima found by other starts are weighed by their
-   Laplace mass (:func:`check_modes`).
+   where the variational fits begin (or, when a separate optimum holds more Laplace mass, that
+   one's: :func:`heaviest_optimum`). Separate optima found by other starts are weighed by their
+   Laplace mass (:func:`check_modes`). Where the model has non-centred hierarchies (sites
+   marked ``infer={"non_centred": (loc, scale)}``, as the kinetics builder's are), the guides
+   may be fitted in partially centred coordinates of them, chosen by the Laplace ELBO
+   (:func:`inference.engine.noncentring.choose_centring`).
 2. **The guide ladder.** By the number ``d`` of unconstrained latent dimensions:
    ``d <= 30``: ``multivariate_normal``, then ``multivariate_t`` (the same on a Student-t base,
    for heavy tails), then ``iaf`` (a flow on top of the full-rank fit);

@@ -1,4 +1,10 @@
-r"""Non-centring of hierarchical sites, as a fixed transport map for the exact stage.
+r"""Non-centring and partial centring of hierarchical sites, as fixed maps on the flat vector.
+
+Two directions. A model written *centred* is non-centred for the exact stage
+(:func:`centred_sites`, :func:`non_centring`, below). A model written *non-centred* whose groups
+are well measured is partially centred for the guides (:func:`partial_centring`, with weights
+from the Laplace approximation, :func:`centring_weights`, chosen by :func:`choose_centring`):
+guide families are then fitted through the map (:func:`inference.engine.families.through_map`).
 
 A *centred* hierarchical site draws group values around parameters that are themselves latent,
 :math:`\theta_g \sim \mathcal N(\mu, \tau)`. With few data per group the posterior is a funnel:
@@ -322,7 +328,7 @@ def through_coordinates(bijection, loc: np.ndarray, scale_tril: np.ndarray) -> t
     ``v* = pull(loc)`` and :math:`L_v` the Cholesky factor of :math:`J^{-1} L L^T J^{-T}`, with
     :math:`J = \partial u / \partial v` at ``v*`` (the linearization of the map).
     """
-    v = np.asarray(jax.jit(bijection.pull)(jnp.asarray(loc)[None]))[0]
+    v = np.asarray(_programs(bijection)[1](jnp.asarray(loc)[None]))[0]
     J = np.asarray(jax.jit(jax.jacfwd(lambda x: bijection.push(x[None])[0][0]))(jnp.asarray(v)))
     M = np.linalg.solve(J, scale_tril)
     cov = M @ M.T
@@ -341,24 +347,40 @@ def curvature_inputs(target, family, u: np.ndarray):
         return u, target.hessian
     from .guides import fd_points, fd_symmetric_hessian
 
-    pull = jax.jit(through.pull)
-
-    def gradient_v(v, g_u):
-        _, vjp = jax.vjp(through.push, v)
-        return vjp((g_u, jnp.ones(v.shape[0])))[0]
-
-    gradient_v = jax.jit(gradient_v)
+    push, pull, gradient_v = _programs(through)
 
     def hessian(x0, h):
         x0, h = np.asarray(x0, dtype=float), np.asarray(h, dtype=float)
         points = fd_points(x0, h, np)
-        u_pts = np.asarray(jax.jit(through.push)(jnp.asarray(points))[0])
+        u_pts = np.asarray(push(jnp.asarray(points))[0])
         _, g_u = target.log_density(u_pts, grad=True)
         g_v = np.asarray(gradient_v(jnp.asarray(points), jnp.asarray(g_u)))
         return fd_symmetric_hessian(g_v, h, np)
 
     v = np.asarray(pull(jnp.asarray(u))) if len(u) else u
     return v, hessian
+
+
+_PROGRAMS: list = []
+
+
+def _programs(bijection):
+    """``(push, pull, gradient_v)`` of ``bijection``, jitted once per bijection (the last one kept).
+
+    ``gradient_v(v, g_u)`` is the gradient in ``v`` of ``log pi(push(v)) + log|det push'(v)|``
+    given ``g_u``, the gradient of ``log pi`` at ``push(v)``: ``J^T g_u + grad log|det J|``.
+    """
+    for entry in _PROGRAMS:
+        if entry[0] is bijection:
+            return entry[1]
+
+    def gradient_v(v, g_u):
+        _, vjp = jax.vjp(bijection.push, v)
+        return vjp((g_u, jnp.ones(v.shape[0])))[0]
+
+    fns = (jax.jit(bijection.push), jax.jit(bijection.pull), jax.jit(gradient_v))
+    _PROGRAMS[:] = [(bijection, fns)]
+    return fns
 
 
 #: Centrings tried by :func:`choose_centring`: these fractions of the weights read off the MAP.
@@ -383,7 +405,7 @@ def laplace_elbo(target, loc: np.ndarray, scale_tril: np.ndarray, eps: np.ndarra
     if bijection is None:
         u = x
     else:
-        u, log_det = jax.jit(bijection.push)(jnp.asarray(x))
+        u, log_det = _programs(bijection)[0](jnp.asarray(x))
         u, log_q = np.asarray(u), log_q - np.asarray(log_det)
     log_p = target.log_density(u)
     return float(np.mean(log_p - log_q)) if np.all(np.isfinite(log_p)) else -np.inf

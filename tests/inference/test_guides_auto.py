@@ -13,11 +13,11 @@ import optax
 import pytest
 
 from inference import FitSettings, fit, make_target
-from inference.engine.auto import check_modes, guide_ladder, latent_dimension
+from inference.engine.auto import check_modes, guide_ladder, heaviest_optimum, latent_dimension
 from inference.engine.guides import GUIDES, canonical_name, make_guide
 from inference.engine.settings import make_optimizer
 from inference.engine.svi import run_svi as _run_svi
-from inference.engine.vi import find_map
+from inference.engine.vi import MapResult, find_map
 
 
 def run_svi(model, *args, **options):
@@ -191,6 +191,24 @@ def test_check_modes_weighs_separate_optima_by_laplace_mass():
     wide = np.stack([np.eye(2), np.eye(2), np.diag([100.0, 100.0])])
     heavy = check_modes(locs, np.array([5.0, 5.0, 6.0]), wide, 0)  # 1e4 * exp(-1) = 3.7e3 times
     assert heavy.level == "unreliable" and "about 3.7e+03 times the best one's" in heavy.message, heavy.message
+
+
+def test_the_guides_start_at_the_optimum_with_the_most_laplace_mass():
+    locs = np.array([[0.0, 0.0], [0.1, 0.0], [10.0, 0.0]])
+    wide = np.stack([np.eye(2), np.eye(2), np.diag([100.0, 100.0])])
+
+    def found(potential, trils):
+        n = len(potential)
+        return MapResult(locs, np.asarray(potential), trils, 0, np.ones(n, int), np.zeros(n))
+
+    # 1e4 * exp(-1) times the best one's mass: the wide optimum, though its density is lower.
+    assert heaviest_optimum(found([5.0, 5.0, 6.0], wide)) == 2
+    # exp(-15) * 1e4 = 3e-3 of it: the best one stays.
+    assert heaviest_optimum(found([5.0, 5.0, 20.0], wide)) == 0
+    # An end point with no Laplace approximation is never weighed, so never chosen.
+    stuck = wide.copy()
+    stuck[2] = np.nan
+    assert heaviest_optimum(found([5.0, 5.0, 6.0], stuck)) == 0
 
 
 def test_flow_guides_start_as_the_gaussian_they_are_given():

@@ -118,3 +118,27 @@ def test_heavy_tails_are_importance_corrected():
     draws = result.sample(20000)["mu"]
     assert abs(draws.mean() - m) < 0.1 * sd
     assert abs(draws.std() - sd) < 0.1 * sd
+
+
+def test_flip_flop_modes_are_weighed_as_the_long_reference_weighs_them():
+    """The calibration set's flip-flop posterior: the mixture over both optima, each mode's mass as the reference's."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("bench_calibration_problems", root / "benchmarks" / "calibration_problems.py")
+    cp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cp)
+    references = json.loads((root / "benchmarks" / "data" / "calibration" / "references.json").read_text())
+    share = references["problems"]["flip_flop"]["modes"]["mass_first_mode"]  # of ka > ke: 0.52
+    model, args, kwargs, _ = cp.problem_flip_flop()
+    result = fit(model, *args, progress=False, seed=0, **kwargs)
+    assert "mixture" in result.settings["draws_from"], result.settings["draws_from"]
+    assert result.verdict().level == "reliable", result.verdict().reason
+    n = 4000
+    draws = result.sample(n)
+    ess = float(result.diagnose().psis.ess)
+    assert ess >= 1000
+    # Four binomial standard errors of the resampled draws' share, at the weights' effective sample size.
+    assert abs(np.mean(draws["ka"] > draws["ke"]) - share) < 4 * np.sqrt(share * (1 - share) / min(n, ess))

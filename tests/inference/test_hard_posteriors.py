@@ -70,6 +70,17 @@ def test_two_symmetric_modes_are_both_in_the_draws():
     assert modes.level == "reliable" and "2 separate optima" in modes.message
 
 
+def test_a_named_guide_fitted_to_one_of_two_modes_is_unreliable():
+    # The guide sees one mode; its own draws and weights cannot show the other, the search for optima does.
+    result = fit(symmetric, 4.0, guide="multivariate_normal", progress=False, seed=0)
+    mu = result.sample(2000)["mu"]
+    assert np.all(mu > 0) or np.all(mu < 0)  # one mode only
+    verdict = result.verdict()
+    modes = next(c for c in verdict.checks if c.name == "modes")
+    assert modes.level == "unreliable" and "same density" in modes.message, modes.message
+    assert verdict.level == "unreliable"
+
+
 #: The funnel's scale: ``v ~ N(0, V_SD)``. With 2 (not Neal's 3) the neck is narrow enough that no
 #: guide is reliable, and wide enough that NUTS through the fitted flow converges without
 #: divergent transitions on every platform tried.

@@ -672,6 +672,8 @@ def fit_auto(model, args: tuple, kwargs: dict, settings: FitSettings, *, control
             continue
         if extra_checks:
             result = replace(result, extra_checks=tuple(extra_checks))
+        # The MAP stage is auto's search for other optima: the verdict of an attempt runs none of its own.
+        result._cache["modes_search"] = None
         if result.subsampled_plates:
             # A minibatch fit has no verdict (every run of the model sees other data points), so
             # there is nothing to escalate on: the one guide fitted is the result.

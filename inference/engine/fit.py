@@ -28,12 +28,11 @@ differentiation variational inference. JMLR 18(14), 1-45.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from .auto import fit_auto, search_modes
+from .auto import fit_auto
 from .checkpoint import FitControl, Interrupt
 from .flat import fit_flat, flat_guide, target_for
 from .guides import canonical_name
@@ -254,18 +253,10 @@ def _run(model, args: tuple, kwargs: dict, settings: FitSettings, control: FitCo
         if target is not None:
             control.open(target)
             result = fit_flat(target, settings.with_(guide=name), control=control)
-            t0 = time.perf_counter()
-            extra = ()
-            if name != "laplace" and not control.stopped and result.posterior is not None:
-                # Other optima, which the guide's own draws cannot show (inference.engine.auto.search_modes).
-                modes = search_modes(result.posterior.target, settings.seed)
-                extra = (modes,) if modes is not None else ()
-            searched = time.perf_counter() - t0
             # Tracing and compiling the target belong to this fit's time.
             t = result.timings
-            timings = t._replace(compile_s=t.compile_s + target.compile_s, run_s=t.run_s + searched,
-                                 total_s=t.total_s + target.compile_s + searched)
-            return replace(result, timings=timings, extra_checks=tuple(result.extra_checks) + extra)
+            timings = t._replace(compile_s=t.compile_s + target.compile_s, total_s=t.total_s + target.compile_s)
+            return replace(result, timings=timings)
     if settings.checkpoint is not None:
         raise ValueError(
             "checkpoint= works for fits on the flat engine (guide='auto' and the named guides normal, "

@@ -104,7 +104,7 @@ def test_attributes_carry_the_fit_and_the_verdict(idata, fit_a_full_rank):
     assert attrs["verdict"] == fit_a_full_rank.verdict().level
     assert attrs["khat"] == pytest.approx(fit_a_full_rank.verdict().khat)
     checks = json.loads(attrs["verdict_checks"])
-    assert {c["check"] for c in checks} == {"stopping", "density", "psis", "curvature", "restarts"}
+    assert {c["check"] for c in checks} == {"stopping", "density", "psis", "curvature", "restarts", "modes"}
     assert attrs["mechanism"] == "A -> B : k"
     np.testing.assert_allclose(idata.optimization["loss"].values, fit_a_full_rank.losses)
 

@@ -146,3 +146,18 @@ def test_a_guide_fitted_through_the_centring_has_no_numpyro_twin():
     assert result.guide_name == "multivariate_normal" and result.posterior.family.through is not None
     with pytest.raises(ValueError, match="partially centred coordinates of z"):
         result.posterior.numpyro_guide(0)
+
+
+def test_well_measured_groups_example_fits_in_centred_coordinates(load_example):
+    out = load_example("well_measured_groups").main(small=True)
+    assert "partially centred coordinates of k_z" in out["start"], out["start"]
+    assert min(out["centring"]["k_z"]) > 0.9  # 12 readings of noise 0.02 pin every run's k down
+    assert out["verdict"] == "reliable"
+    truth = load_example("well_measured_groups").TRUTH
+    for name in ("k_mu", "k_tau"):
+        mean, sd = out[name]
+        assert abs(mean - truth[name]) < 3 * sd, name
+    # Each run's k within 3 posterior sds of its true value.
+    k = out["k"]
+    assert k.shape[1] == 10
+    assert abs((k.mean(axis=0) - out["k_true"]) / k.std(axis=0)).max() < 3

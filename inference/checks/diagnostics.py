@@ -917,16 +917,7 @@ def diagnose(result, num_samples: int = 16000, *, seed: int | None = None, curva
     checks.append(psis_check)
     restart_draws = result.sample_restarts(1000, seed=result.seed + 3) if result.num_restarts > 1 else None
     checks.append(check_restarts(result.losses, restart_draws))
-    extra = tuple(getattr(result, "extra_checks", ()))
-    checks.extend(extra)
-    if result.settings.get("guide") not in ("auto", "laplace") and not any(c.name == "modes" for c in extra):
-        # A named guide's fit: other optima, which its own draws cannot show (searched once per result).
-        if "modes_search" not in result._cache:
-            from ..engine.auto import search_modes
-
-            result._cache["modes_search"] = search_modes(target, result.seed)
-        if result._cache["modes_search"] is not None:
-            checks.append(result._cache["modes_search"])
+    checks.extend(getattr(result, "extra_checks", ()))
     verdict = Verdict.from_checks(checks, khat=weights.khat, khat_draws=int(num_samples), ess=weights.ess)
     with np.errstate(invalid="ignore"):
         log_w = np.asarray(draws.log_p, dtype=float) - np.asarray(draws.log_q, dtype=float)

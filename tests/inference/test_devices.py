@@ -203,6 +203,8 @@ np.savez(sys.argv[4], value=value, grad=grad, loc=result.params["auto_loc"], des
 """
 
 
+# Two fresh processes, each compiling the model: over a minute on 2 cores (make test-all runs it).
+@pytest.mark.slow
 def test_two_processes_on_one_machine_compute_the_single_process_values(tmp_path, single_device):
     """``jax.distributed.initialize`` on localhost, two processes of two CPU devices each: a global mesh of four."""
     np.save(tmp_path / "x.npy", single_device["x"])

@@ -110,24 +110,30 @@ def centred_sites(target) -> tuple[str, ...]:
     return tuple(name for name in candidates if name in centred and not (parents[name] & centred))
 
 
-def non_centring(target, sites) -> NonCentring:
-    """The non-centring map of ``sites`` on ``target``'s flat vector (see the module docstring)."""
+def _slots(layout) -> dict:
+    """``{site: (start, size, shape)}`` of each site in the flat vector."""
+    slots, i = {}, 0
+    for name, shape in zip(layout.names, layout.shapes):
+        n = int(np.prod(shape))
+        slots[name] = (i, n, shape)
+        i += n
+    return slots
+
+
+def _loc_scale(target, names, slots, read):
+    """``loc_scale(u)``: ``{site: (loc (n,), scale (n,))}`` at one flat point, ``read(site)`` giving them from its trace entry.
+
+    The model runs under the values of ``u`` and stops once its latents are drawn (a new cut each
+    run: it remembers the sites it has seen), so the likelihood is not part of it.
+    """
     from numpyro import handlers
     from numpyro.distributions.transforms import biject_to
 
     from .target import _Cut, _latents_only
 
     layout = target.layout
-    names = tuple(sites)
-    slots = {}
-    i = 0
-    for name, shape in zip(layout.names, layout.shapes):
-        n = int(np.prod(shape))
-        slots[name] = (i, n, shape)
-        i += n
 
     def loc_scale(u):
-        """Location and scale of every site at the parents' values in ``u`` (one point)."""
         values = layout.unpack(u)
 
         def substitute(site):
@@ -135,19 +141,33 @@ def non_centring(target, sites) -> NonCentring:
                 return biject_to(site["fn"].support)(values[site["name"]])
             return None
 
-        # A new cut each run: it remembers the sites it has seen.
-        model = _latents_only(target.model, layout.names)
-        run = handlers.trace(handlers.substitute(handlers.seed(model, 0), substitute_fn=substitute))
+        run = handlers.trace(handlers.substitute(handlers.seed(_latents_only(target.model, layout.names), 0),
+                                                 substitute_fn=substitute))
         try:
             run.get_trace(*target.args, **target.kwargs)
         except _Cut:
             pass
         out = {}
         for name in names:
-            fn = _base(run.trace[name]["fn"])
+            loc, scale = read(run.trace[name])
             shape = slots[name][2]
-            out[name] = (jnp.broadcast_to(fn.loc, shape).reshape(-1), jnp.broadcast_to(fn.scale, shape).reshape(-1))
+            out[name] = (jnp.broadcast_to(loc, shape).reshape(-1), jnp.broadcast_to(scale, shape).reshape(-1))
         return out
+
+    return loc_scale
+
+
+def non_centring(target, sites) -> NonCentring:
+    """The non-centring map of ``sites`` on ``target``'s flat vector (see the module docstring)."""
+    layout = target.layout
+    names = tuple(sites)
+    slots = _slots(layout)
+
+    def read(site):
+        fn = _base(site["fn"])
+        return fn.loc, fn.scale
+
+    loc_scale = _loc_scale(target, names, slots, read)
 
     def push_one(v):
         ls = loc_scale(v)  # the parents are the same in v and u
@@ -262,41 +282,11 @@ def partial_centring(target, weights: dict) -> NonCentring:
     Gorinova, M. I., Moore, D. and Hoffman, M. D. (2020). Automatic reparameterisation of
     probabilistic programs. ICML.
     """
-    from numpyro import handlers
-    from numpyro.distributions.transforms import biject_to
-
-    from .target import _Cut, _latents_only
-
     layout = target.layout
     names = tuple(weights)
-    slots = {}
-    i = 0
-    for name, shape in zip(layout.names, layout.shapes):
-        n = int(np.prod(shape))
-        slots[name] = (i, n, shape)
-        i += n
+    slots = _slots(layout)
     lams = {name: jnp.asarray(np.broadcast_to(weights[name], (slots[name][1],)), dtype=jnp.float64) for name in names}
-
-    def loc_scale(u):
-        values = layout.unpack(u)
-
-        def substitute(site):
-            if site["name"] in values:
-                return biject_to(site["fn"].support)(values[site["name"]])
-            return None
-
-        model = _latents_only(target.model, layout.names)
-        run = handlers.trace(handlers.substitute(handlers.seed(model, 0), substitute_fn=substitute))
-        try:
-            run.get_trace(*target.args, **target.kwargs)
-        except _Cut:
-            pass
-        out = {}
-        for name in names:
-            loc, scale = run.trace[name]["infer"][NON_CENTRED]
-            shape = slots[name][2]
-            out[name] = (jnp.broadcast_to(loc, shape).reshape(-1), jnp.broadcast_to(scale, shape).reshape(-1))
-        return out
+    loc_scale = _loc_scale(target, names, slots, lambda site: site["infer"][NON_CENTRED])
 
     def push_one(v):
         ls = loc_scale(v)  # the parents of the sites are the same in v and u

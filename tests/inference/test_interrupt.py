@@ -182,7 +182,7 @@ def _run_and_signal(args, cwd, checkpoint: Path, sig) -> subprocess.CompletedPro
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def test_cli_sigint_writes_marked_results_and_resume_matches(tmp_path, bench_data):
+def test_cli_sigint_writes_marked_results_and_resume_matches(tmp_path, bench_data, monkeypatch, capsys):
     (tmp_path / "a.csv").write_bytes((bench_data / "a_decay.csv").read_bytes())
     (tmp_path / "long.toml").write_text(LONG_TOML.format(data="a.csv"))
     ckpt = tmp_path / "fit.ckpt.npz"
@@ -215,14 +215,19 @@ def test_cli_sigint_writes_marked_results_and_resume_matches(tmp_path, bench_dat
     assert resumed["num_steps"] == reference["num_steps"] == 12000
     assert resumed["inputs"] == reference["inputs"] and len(reference["inputs"][0]["sha256"]) == 64
 
-    # Refusals: a checkpoint inside --out, an existing checkpoint without --resume, --resume alone.
+    # Refusals (in this process: they come before any fit): a checkpoint inside --out, an
+    # existing checkpoint without --resume, --resume alone.
+    from inference.outputs import cli
+
+    monkeypatch.chdir(tmp_path)
     for args, words in (
         (["--checkpoint", "plain/c.npz", "--out", "plain"], "inside the output folder"),
         (["--checkpoint", str(ckpt), "--out", "fresh"], "already exists"),
         (["--resume", "--out", "fresh"], "--checkpoint FILE"),
     ):
-        done = subprocess.run(_vifit(["fit", "long.toml", "--no-progress", *args], tmp_path), cwd=tmp_path, capture_output=True, text=True)
-        assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
+        code = cli.main(["fit", "long.toml", "--no-progress", *args])
+        err = capsys.readouterr().err
+        assert code == 2 and words in err and "Traceback" not in err, err
     assert not (tmp_path / "fresh").exists()
 
 

@@ -241,13 +241,19 @@ def test_interrupt_restores_signal_handlers():
 
 
 def test_a_large_model_is_interrupted_and_resumed_bit_for_bit(tmp_path, monkeypatch):
-    """Above 1000 latent dimensions auto takes the large-model path (MAP, then the mean-field fixed point)."""
+    """Above ``LARGE_DIM`` latent dimensions auto takes the large-model path (MAP, then the mean-field fixed point).
+
+    The bound is lowered to 100 here, so that a plate of 150 experiments takes that path quickly.
+    """
     import importlib.util
+
+    from inference.engine import large
 
     spec = importlib.util.spec_from_file_location("plates", Path(__file__).with_name("test_minibatch_plate.py"))
     plates = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plates)
-    model, data, _ = plates.make_plate(1200, seed=3)
+    monkeypatch.setattr(large, "LARGE_DIM", 100)
+    model, data, _ = plates.make_plate(150, seed=3)
     StopAfter.checks = 0
     monkeypatch.setattr(fit_module, "Interrupt", lambda: StopAfter(None))
     reference = fit(model, data, progress=False, seed=0)

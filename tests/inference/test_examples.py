@@ -135,7 +135,6 @@ def test_many_experiments_example_pools_the_wells(tmp_path, load_example):
     assert Path(out["figure"]).stat().st_size > 10_000
 
 
-@pytest.mark.slow
 def test_real_experiments_example_recovers_the_truth(tmp_path, load_example):
     out = load_example("real_experiments").main(small=True, out=tmp_path)
     for study, name, truth in [

@@ -202,24 +202,22 @@ def test_cli_sigint_writes_marked_results_and_resume_matches(tmp_path, bench_dat
     second = _run_and_signal(common + ["--resume", "--out", "second"], tmp_path, ckpt, signal.SIGTERM)
     assert second.returncode == 143, second.stderr
     assert json.loads((tmp_path / "second" / "fit.json").read_text())["interrupted"] == "SIGTERM"
-    third = subprocess.run(_vifit(common + ["--resume", "--out", "third"], tmp_path), cwd=tmp_path, capture_output=True, text=True)
-    assert third.returncode == 0, third.stderr
 
-    plain = subprocess.run(
-        _vifit(["fit", "long.toml", "--no-progress", "--out", "plain"], tmp_path), cwd=tmp_path, capture_output=True, text=True
-    )
-    assert plain.returncode == 0, plain.stderr
+    # The uninterrupted runs need no signal: they run in this process and share one compiled fit.
+    from inference.outputs import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(common + ["--resume", "--out", "third"]) == 0, capsys.readouterr().err
+    assert cli.main(["fit", "long.toml", "--no-progress", "--out", "plain"]) == 0, capsys.readouterr().err
     # Same parameters bit for bit, hence the same seeded draws and the same summary.
     assert (tmp_path / "third" / "summary.csv").read_bytes() == (tmp_path / "plain" / "summary.csv").read_bytes()
     resumed, reference = (json.loads((tmp_path / f / "fit.json").read_text()) for f in ("third", "plain"))
     assert resumed["num_steps"] == reference["num_steps"] == 12000
     assert resumed["inputs"] == reference["inputs"] and len(reference["inputs"][0]["sha256"]) == 64
 
-    # Refusals (in this process: they come before any fit): a checkpoint inside --out, an
-    # existing checkpoint without --resume, --resume alone.
-    from inference.outputs import cli
-
-    monkeypatch.chdir(tmp_path)
+    # Refusals (they come before any fit): a checkpoint inside --out, an existing checkpoint
+    # without --resume, --resume alone.
+    capsys.readouterr()
     for args, words in (
         (["--checkpoint", "plain/c.npz", "--out", "plain"], "inside the output folder"),
         (["--checkpoint", str(ckpt), "--out", "fresh"], "already exists"),

@@ -1,11 +1,15 @@
 """The output folder: vifit never deletes, overwrites or rounds away what the user has.
 
-The command line's behaviour is tested as the user meets it, in a subprocess (``python -m
-inference.outputs.cli``); the rules of :mod:`inference.outputs.result_folder` also directly.
-Fits are small (10 rows, the full-rank guide, 300 steps, 100 draws) and shared by module-scoped
-fixtures.
+The command line's behaviour is tested as the user meets it: its exit code, what it prints and
+what it leaves on disk. Most runs call :func:`inference.outputs.cli.main` in this process (in the
+given folder, under the given umask, with stdout and stderr captured), so the fits share one
+compiled program; a refusal runs through ``python -m inference.outputs.cli`` and the SIGTERM test
+in a subprocess of its own, where the signal really ends a process. The rules of
+:mod:`inference.outputs.result_folder` are also tested directly. Fits are small (10 rows, the
+full-rank guide, 300 steps, 100 draws) and shared by module-scoped fixtures.
 """
 
+import contextlib
 import hashlib
 import io
 import json
@@ -47,7 +51,7 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def vifit(*args, cwd, umask=0o022, action=None, timeout=600):
+def vifit_process(*args, cwd, umask=0o022, action=None, timeout=600):
     """Run ``vifit ARGS`` in a subprocess; ``action`` runs at the first plot (see PATCHED)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     env["MPLBACKEND"] = "Agg"
@@ -55,9 +59,42 @@ def vifit(*args, cwd, umask=0o022, action=None, timeout=600):
         cmd = [sys.executable, "-m", "inference.outputs.cli", *map(str, args)]
     else:
         cmd = [sys.executable, "-c", PATCHED.format(action=action), *map(str, args)]
-    return subprocess.run(
-        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=lambda: os.umask(umask)
-    )
+    mask = os.umask(umask)  # the child inherits it
+    try:
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    finally:
+        os.umask(mask)
+
+
+def vifit(*args, cwd, umask=0o022, action=None):
+    """Run ``vifit ARGS`` in this process, in ``cwd`` under ``umask``: exit code, stdout and stderr.
+
+    ``action(path)``, if given, runs at the first plot, as in PATCHED: the fit is done and
+    posterior.nc written, the rest not yet.
+    """
+    from inference.outputs import cli
+
+    save, calls = cli._save, []
+
+    def patched(fig, path):
+        calls.append(path)
+        if len(calls) == 1:
+            action(path)
+        return save(fig, path)
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    here, mask = os.getcwd(), os.umask(umask)
+    try:
+        os.chdir(cwd)
+        if action is not None:
+            cli._save = patched
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = cli.main([str(a) for a in args])
+    finally:
+        cli._save = save
+        os.umask(mask)
+        os.chdir(here)
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
 
 
 def write_decay(path: Path) -> Path:
@@ -137,7 +174,7 @@ def test_a_folder_with_fit_json_and_user_files_is_refused_before_the_fit(tmp_pat
     (x / "analysis.py").write_text("keep\n")
     (x / "src" / "model.py").write_text("keep too\n")
     before = snapshot(x)
-    proc = vifit("fit", "decay.csv", *DECAY, *FAST, "--out", "x", cwd=tmp_path)
+    proc = vifit_process("fit", "decay.csv", *DECAY, *FAST, "--out", "x", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("vifit: error: --out 'x'") and "Traceback" not in proc.stderr
     assert "'analysis.py'" in proc.stderr and "'src/'" in proc.stderr
@@ -380,7 +417,7 @@ def test_sigterm_while_writing_keeps_the_old_result_and_saves_the_new_posterior(
     before = snapshot(out)
     write_decay(tmp_path / "decay.csv")
     action = "os.kill(os.getpid(), signal.SIGTERM); time.sleep(30); print('SIGTERM was not raised')"
-    proc = vifit("fit", "decay.csv", *DECAY, *FAST, "--out", "R", cwd=tmp_path, action=action)
+    proc = vifit_process("fit", "decay.csv", *DECAY, *FAST, "--out", "R", cwd=tmp_path, action=action)
     assert proc.returncode == 143, proc.stderr
     assert "terminated (SIGTERM) while writing" in proc.stderr and "Traceback" not in proc.stderr
     assert snapshot(out) == before
@@ -394,7 +431,10 @@ def test_sigterm_while_writing_keeps_the_old_result_and_saves_the_new_posterior(
 def test_a_file_added_during_the_fit_is_kept_and_the_result_rescued(fitted, tmp_path):
     out = copy_of(fitted, tmp_path)
     write_decay(tmp_path / "decay.csv")
-    action = "Path('R', 'notes.txt').write_text('written while vifit ran')"
+
+    def action(path):
+        Path("R", "notes.txt").write_text("written while vifit ran")
+
     proc = vifit("fit", "decay.csv", *DECAY, *FAST, "--out", "R", cwd=tmp_path, action=action)
     assert proc.returncode == 2, proc.stderr
     assert "'notes.txt'" in proc.stderr and "was not replaced" in proc.stderr and "Traceback" not in proc.stderr
@@ -421,7 +461,10 @@ def test_a_full_disk_while_writing_gives_a_sentence_and_loses_nothing(fitted, tm
     out = copy_of(fitted, tmp_path)
     before = snapshot(out)
     write_decay(tmp_path / "decay.csv")
-    action = "raise OSError(28, 'No space left on device', str(path))"
+
+    def action(path):
+        raise OSError(28, "No space left on device", str(path))
+
     proc = vifit("fit", "decay.csv", *DECAY, *FAST, "--out", "R", cwd=tmp_path, action=action)
     assert proc.returncode == 2, proc.stderr
     assert "No space left on device" in proc.stderr and "Traceback" not in proc.stderr

